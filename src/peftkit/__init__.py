@@ -1,0 +1,17 @@
+"""peftkit: parameter-efficient fine-tuning for PyTorch and Hugging Face transformers."""
+
+from . import methods  # noqa: F401  (registers every method)
+from .config import PeftConfig
+from .errors import AdapterError, BaseModelMismatchError, CheckpointError, ConfigError, TargetError
+from .layer import BASE_ROW, AdapterLayer
+from .methods.lora import LoraConfig
+from .model import ParameterReport, PeftModel, get_peft_model
+from .registry import LayerMethod, Method, get_method, list_methods, register_method
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BASE_ROW", "AdapterError", "AdapterLayer", "BaseModelMismatchError", "CheckpointError", "ConfigError",
+    "LayerMethod", "LoraConfig", "Method", "ParameterReport", "PeftConfig", "PeftModel", "TargetError",
+    "get_method", "get_peft_model", "list_methods", "register_method",
+]

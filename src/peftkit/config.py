@@ -1,0 +1,102 @@
+"""The config every method shares: *where* an adapter goes (targeting) and what is saved with it.
+
+Method configs subclass :class:`PeftConfig` and add their own typed fields; every config is
+checked when it is built (``__post_init__``), so a bad value fails at once and names its field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .errors import ConfigError
+
+Targets = list[str] | str | None
+
+
+def _check_targets(name: str, value: Targets) -> Targets:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple, set)) and all(isinstance(v, str) and v for v in value):
+        return sorted(value) if isinstance(value, set) else list(value)
+    raise ConfigError(name, f"expected a list of module names, a regex string or None, got {value!r}")
+
+
+@dataclass
+class PeftConfig:
+    """Targeting and bookkeeping shared by all methods.
+
+    Args:
+        target_modules: module names (exact or suffix, e.g. ``["q_proj", "v_proj"]``), a regex
+            matched against the full module name, or ``"all-linear"`` (every Linear but the output head).
+        exclude_modules: modules to leave alone, in the same forms as ``target_modules``.
+        layers_to_transform: only touch these layer indices (``model.layers.<i>.``).
+        layers_pattern: the name of the layer list (``"layers"``, ``"h"``), when it is ambiguous.
+        modules_to_save: extra modules (e.g. a new classification head) trained in full and saved.
+        task_type: free-form task label kept for ``peft`` compatibility (``"CAUSAL_LM"``, ``"SEQ_CLS"``).
+        inference_mode: when true, nothing is made trainable.
+    """
+
+    target_modules: Targets = None
+    exclude_modules: Targets = None
+    layers_to_transform: list[int] | int | None = None
+    layers_pattern: str | None = None
+    modules_to_save: list[str] | None = None
+    task_type: str | None = None
+    base_model_name_or_path: str | None = None
+    inference_mode: bool = False
+
+    method: ClassVar[str] = ""  # set by @register_method
+
+    def __post_init__(self) -> None:
+        self.target_modules = _check_targets("target_modules", self.target_modules)
+        self.exclude_modules = _check_targets("exclude_modules", self.exclude_modules)
+        if isinstance(self.layers_to_transform, int):
+            self.layers_to_transform = [self.layers_to_transform]
+        if self.layers_to_transform is not None and not all(
+            isinstance(i, int) and i >= 0 for i in self.layers_to_transform
+        ):
+            raise ConfigError("layers_to_transform", f"expected non-negative ints, got {self.layers_to_transform!r}")
+        if self.modules_to_save is not None:
+            mts = _check_targets("modules_to_save", self.modules_to_save)
+            self.modules_to_save = [mts] if isinstance(mts, str) else mts
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], ignore: tuple[str, ...] = ()) -> PeftConfig:
+        """Build from a dict; an unknown key is an error that lists the known ones."""
+        known = set(cls.field_names())
+        unknown = sorted(k for k in data if k not in known and k not in ignore)
+        if unknown:
+            raise ConfigError(unknown[0], f"unknown field for {cls.__name__}; known fields: {sorted(known)}")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def replace(self, **changes: Any) -> PeftConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def check_choice(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(name, f"must be one of {list(allowed)}, got {value!r}")
+
+
+def check_range(name: str, value: float, lo: float, hi: float, hi_inclusive: bool = False) -> None:
+    ok = lo <= value <= hi if hi_inclusive else lo <= value < hi
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not ok:
+        bracket = "]" if hi_inclusive else ")"
+        raise ConfigError(name, f"must be a number in [{lo}, {hi}{bracket}, got {value!r}")
+
+
+def check_positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(name, f"must be a positive integer, got {value!r}")
+
+
+__all__ = ["PeftConfig", "check_choice", "check_range", "check_positive_int", "field"]

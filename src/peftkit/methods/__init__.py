@@ -1,0 +1,6 @@
+"""One folder per method, same shape each time: ``config.py``, ``layer.py``, ``method.py``.
+
+Importing this package registers every method.
+"""
+
+from . import lora  # noqa: F401

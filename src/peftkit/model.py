@@ -1,0 +1,320 @@
+"""The model wrapper: named adapters of any registered method on one frozen base model."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import checkpoint as ckpt
+from .config import PeftConfig
+from .errors import AdapterError, CheckpointError
+from .layer import BASE_ROW, AdapterLayer, adapter_layers
+from .modules_to_save import wrap_modules_to_save
+from .registry import get_method, get_parent, method_for_saved_config
+
+
+@dataclass(frozen=True)
+class ParameterReport:
+    trainable: int
+    total: int
+    adapter_bytes: int
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.trainable / max(self.total, 1)
+
+    def __str__(self) -> str:
+        return (f"trainable params: {self.trainable:,} || all params: {self.total:,} || "
+                f"trainable%: {self.percent:.4f} || adapter size: {self.adapter_bytes / 1024:.1f} KiB")
+
+
+class PeftModel(nn.Module):
+    """Wraps ``base_model`` (a ``transformers`` model or any ``nn.Module``) with named adapters.
+
+    Calls and attributes the wrapper does not define pass through to the base model, so it can
+    stand in for it (``generate``, ``config``, a ``transformers.Trainer``).
+    """
+
+    def __init__(self, model: nn.Module, config: PeftConfig, adapter_name: str = "default"):
+        super().__init__()
+        self.base_model = model
+        self.peft_config: dict[str, PeftConfig] = {}
+        self.targets: dict[str, list[str]] = {}
+        self.extra_params: dict[str, list[str]] = {}
+        self.active_adapters: list[str] = []
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.add_adapter(adapter_name, config)
+        self.set_adapter(adapter_name)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_model":
+                raise
+            return getattr(self.base_model, name)
+
+    # ---- adapters ----------------------------------------------------------------------------------
+    @property
+    def active_adapter(self) -> str | None:
+        return self.active_adapters[0] if self.active_adapters else None
+
+    def layers(self) -> Iterator[tuple[str, AdapterLayer]]:
+        return adapter_layers(self.base_model)
+
+    def add_adapter(self, adapter_name: str, config: PeftConfig) -> None:
+        """Add an adapter (not made active: call :meth:`set_adapter`)."""
+        if adapter_name in self.peft_config:
+            raise AdapterError(f"adapter {adapter_name!r} exists; delete_adapter() it first or choose another name")
+        if not adapter_name or adapter_name == BASE_ROW or "." in adapter_name:
+            raise AdapterError(f"invalid adapter name {adapter_name!r}: use a non-empty name without dots")
+        method = get_method(config)
+        targets = method.inject(self.base_model, config, adapter_name)
+        if config.modules_to_save:
+            wrap_modules_to_save(self.base_model, config.modules_to_save, adapter_name)
+        self.peft_config[adapter_name] = config
+        self.targets[adapter_name] = targets
+        self.extra_params[adapter_name] = method.extra_trainable(self.base_model, config, targets)
+        for _, layer in self.layers():
+            layer.set_active(self.active_adapters)
+        self._refresh_trainable()
+
+    def _check_known(self, names: list[str]) -> None:
+        unknown = [n for n in names if n not in self.peft_config]
+        if unknown:
+            raise AdapterError(f"unknown adapter(s) {unknown}; this model has {sorted(self.peft_config)}")
+
+    def set_adapter(self, adapter_name: str | list[str]) -> None:
+        """Make one adapter (or several, summed) active; only active adapters train."""
+        names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
+        self._check_known(names)
+        for _, layer in self.layers():
+            layer.set_active(names)
+        self.active_adapters = names
+        self._refresh_trainable()
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        self._check_known([adapter_name])
+        for path, layer in list(self.layers()):
+            if adapter_name in layer.adapter_names():
+                layer.delete(adapter_name)
+            if not layer.adapter_names():
+                parent, attr = get_parent(self.base_model, path)
+                setattr(parent, attr, layer.base)
+        for table in (self.peft_config, self.targets, self.extra_params):
+            del table[adapter_name]
+        remaining = [a for a in self.active_adapters if a != adapter_name]
+        self.set_adapter(remaining or list(self.peft_config)[:1])
+
+    def _refresh_trainable(self) -> None:
+        for p in self.base_model.parameters():
+            p.requires_grad_(False)
+        for name in self.active_adapters:
+            if self.peft_config[name].inference_mode:
+                continue
+            for p in self._adapter_parameters(name):
+                p.requires_grad_(True)
+
+    def _adapter_parameters(self, name: str) -> Iterator[nn.Parameter]:
+        for _, layer in self.layers():
+            yield from layer.adapter_parameters(name)
+        params = dict(self.base_model.named_parameters())
+        yield from (params[n] for n in self.extra_params[name])
+
+    @contextmanager
+    def disable_adapter(self):
+        """Run the bare base model inside the block (exactly its outputs)."""
+        if any(layer.merged for _, layer in self.layers()):
+            raise AdapterError("adapters are merged into the base weights; call unmerge_adapter() first")
+        layers = [layer for _, layer in self.layers()]
+        for layer in layers:
+            layer.disabled = True
+        try:
+            yield self
+        finally:
+            for layer in layers:
+                layer.disabled = False
+
+    # ---- merging -------------------------------------------------------------------------------------
+    def merge_adapter(self, adapter_names: list[str] | None = None) -> None:
+        """Fold adapters into the base weights (zero-latency inference). Merging twice is a no-op."""
+        names = adapter_names or self.active_adapters
+        self._check_known(names)
+        for _, layer in self.layers():
+            layer.merge(names)
+
+    def unmerge_adapter(self) -> None:
+        for _, layer in self.layers():
+            layer.unmerge()
+
+    def _replace_layers(self, pick) -> nn.Module:
+        for path, layer in list(self.layers()):
+            parent, attr = get_parent(self.base_model, path)
+            setattr(parent, attr, pick(layer))
+        for table in (self.peft_config, self.targets, self.extra_params):
+            table.clear()
+        self.active_adapters = []
+        return self.base_model
+
+    def merge_and_unload(self) -> nn.Module:
+        """Merge the active adapters and return the plain base model holding the merged weights."""
+        self.merge_adapter()
+        return self._replace_layers(lambda layer: getattr(layer, "unwrapped", lambda: layer.base)())
+
+    def unload(self) -> nn.Module:
+        """Remove every adapter (unmerging first) and return the original base model."""
+        self.unmerge_adapter()
+        for _, layer in self.layers():
+            for name in layer.adapter_names():
+                layer.delete(name)
+        return self._replace_layers(lambda layer: layer.base)
+
+    def get_base_model(self) -> nn.Module:
+        return self.base_model
+
+    # ---- forward -----------------------------------------------------------------------------------------
+    @contextmanager
+    def _row_adapters(self, adapter_names: list[str] | None):
+        if adapter_names is None:
+            yield
+            return
+        self._check_known([n for n in adapter_names if n != BASE_ROW])
+        layers = [layer for _, layer in self.layers()]
+        if any(layer.merged for layer in layers):
+            raise AdapterError("a mixed-adapter batch needs unmerged adapters; call unmerge_adapter() first")
+        for layer in layers:
+            layer.row_adapters = list(adapter_names)
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer.row_adapters = None
+
+    def forward(self, *args, adapter_names: list[str] | None = None, **kwargs):
+        """Forward through the base; ``adapter_names`` gives each row its own adapter ('__base__': none)."""
+        with self._row_adapters(adapter_names):
+            return self.base_model(*args, **kwargs)
+
+    def generate(self, *args, adapter_names: list[str] | None = None, **kwargs):
+        with self._row_adapters(adapter_names):
+            return self.base_model.generate(*args, **kwargs)
+
+    # ---- accounting ------------------------------------------------------------------------------------------
+    def parameter_report(self) -> ParameterReport:
+        params = {id(p): p for p in self.base_model.parameters()}.values()
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+        total = sum(p.numel() for p in params)
+        name = self.active_adapter
+        size = sum(t.numel() * t.element_size() for t in self.adapter_state_dict(name).values()) if name else 0
+        return ParameterReport(trainable, total, size)
+
+    def print_trainable_parameters(self) -> None:
+        print(self.parameter_report())
+
+    # ---- checkpoints -------------------------------------------------------------------------------------------
+    def adapter_state_dict(self, adapter_name: str) -> dict[str, torch.Tensor]:
+        """One adapter's tensors in peft's key scheme, valid on the original base model."""
+        self._check_known([adapter_name])
+        out: dict[str, torch.Tensor] = {}
+        for path, layer in self.layers():
+            export = getattr(layer, "export_state_dict", layer.adapter_state_dict)
+            out.update({f"{ckpt.KEY_PREFIX}{path}.{k}": v for k, v in export(adapter_name).items()})
+        params = dict(self.base_model.named_parameters())
+        out.update({f"{ckpt.KEY_PREFIX}{n}": params[n].data for n in self.extra_params[adapter_name]})
+        return out
+
+    def load_adapter_state_dict(self, adapter_name: str, state: dict[str, torch.Tensor]) -> None:
+        """Inverse of :meth:`adapter_state_dict`: every key must land, every adapter tensor be given."""
+        bad = [k for k in state if not k.startswith(ckpt.KEY_PREFIX)]
+        if bad:
+            raise CheckpointError(f"keys without the '{ckpt.KEY_PREFIX}' prefix: {bad[:3]}")
+        rest = {k[len(ckpt.KEY_PREFIX):]: v for k, v in state.items()}
+        for path, layer in sorted(self.layers(), key=lambda item: -len(item[0])):
+            mine = {k[len(path) + 1:]: rest.pop(k) for k in list(rest) if k.startswith(path + ".")}
+            base_keys = {k: mine.pop(k) for k in list(mine) if k.startswith(layer.base_attr + ".")}
+            if adapter_name in layer.adapter_names():
+                layer.load_adapter_state_dict(adapter_name, mine)
+            elif mine:
+                raise CheckpointError(f"checkpoint has adapter tensors for {path}, which this adapter does not target")
+            rest.update({f"{path}.{k}": v for k, v in base_keys.items()})
+        self._load_base_tensors(rest)
+
+    def _load_base_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Base-model tensors saved with an adapter (trained biases; peft's saved embeddings)."""
+        params = dict(self.base_model.named_parameters())
+        unknown = sorted(k for k in tensors if k not in params)
+        if unknown:
+            raise CheckpointError(f"checkpoint keys match nothing in this model: {unknown[:5]}")
+        with torch.no_grad():
+            for key, value in tensors.items():
+                if params[key].shape != value.shape:
+                    raise CheckpointError(f"{key}: shape {tuple(value.shape)} in checkpoint, {tuple(params[key].shape)} here")
+                params[key].copy_(value)
+
+    def save_pretrained(self, save_directory: str | Path, adapter_names: list[str] | None = None) -> None:
+        """Save adapters in peft's format: 'default' in the folder itself, others in sub-folders by name."""
+        names = adapter_names or list(self.peft_config)
+        self._check_known(names)
+        for name in names:
+            folder = Path(save_directory) if name == "default" else Path(save_directory) / name
+            config, method = self.peft_config[name], get_method(self.peft_config[name])
+            data = method.to_peft_dict(config, self.base_model, self.targets[name])
+            if method.peft_type is None:
+                data["peftkit_method"] = method.name
+            meta = {
+                "peftkit_method": method.name,
+                "peftkit_fingerprint": json.dumps(ckpt.fingerprint(self.base_model, self.targets[name])),
+            }
+            ckpt.write_adapter(folder, data, self.adapter_state_dict(name), meta)
+
+    @classmethod
+    def from_pretrained(
+        cls, model: nn.Module, path: str | Path, adapter_name: str = "default",
+        is_trainable: bool = False, allow_pickle: bool = False,
+    ) -> PeftModel:
+        """Load an adapter saved by peftkit or by ``peft`` onto ``model``."""
+        config, state = _read_adapter(model, path, is_trainable, allow_pickle)
+        peft_model = cls(model, config, adapter_name)
+        peft_model.load_adapter_state_dict(adapter_name, state)
+        return peft_model
+
+    def load_adapter(
+        self, path: str | Path, adapter_name: str, is_trainable: bool = False, allow_pickle: bool = False
+    ) -> None:
+        """Load another saved adapter under ``adapter_name`` (not made active)."""
+        config, state = _read_adapter(self.base_model, path, is_trainable, allow_pickle)
+        self.add_adapter(adapter_name, config)
+        try:
+            self.load_adapter_state_dict(adapter_name, state)
+        except Exception:
+            self.delete_adapter(adapter_name)
+            raise
+
+
+def _read_adapter(
+    model: nn.Module, path: str | Path, is_trainable: bool, allow_pickle: bool
+) -> tuple[PeftConfig, dict[str, torch.Tensor]]:
+    data = ckpt.read_config(path)
+    config = method_for_saved_config(data).config_from_dict(data)
+    config.inference_mode = not is_trainable
+    state, meta = ckpt.read_weights(path, allow_pickle)
+    if "peftkit_fingerprint" in meta:
+        ckpt.check_fingerprint(json.loads(meta["peftkit_fingerprint"]), _unwrapped(model), str(path))
+    return config, state
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    return model.base_model if isinstance(model, PeftModel) else model
+
+
+def get_peft_model(model: nn.Module, config: PeftConfig, adapter_name: str = "default") -> PeftModel:
+    """Wrap ``model`` with a new adapter of the method ``config`` belongs to."""
+    return PeftModel(model, config, adapter_name)

@@ -1,0 +1,140 @@
+"""Method registry: one decorator registers a method with its config class and its injection.
+
+    @register_method("lora", config=LoraConfig, peft_type="LORA")
+    class LoraMethod(LayerMethod):
+        layer_types = {nn.Linear: LoraLinear, ...}
+
+Adding a method never means editing a central list.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from torch import nn
+
+from .config import PeftConfig
+from .errors import ConfigError, TargetError
+from .layer import AdapterLayer
+from .targeting import find_targets
+
+# keys peft writes into adapter_config.json that carry no meaning for peftkit's maths
+PEFT_BOOKKEEPING = {
+    "peft_type", "peft_version", "auto_mapping", "revision", "megatron_core", "megatron_config",
+    "qalora_group_size", "fan_in_fan_out", "inference_mode", "base_model_name_or_path", "task_type",
+}
+
+
+class Method:
+    """How a method is injected into a model; subclasses are registered with :func:`register_method`."""
+
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type[PeftConfig]] = PeftConfig
+    peft_type: ClassVar[str | None] = None
+
+    def inject(self, model: nn.Module, config: PeftConfig, adapter_name: str) -> list[str]:
+        """Add adapter ``adapter_name`` to ``model`` in place; return the targeted module paths."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def extra_trainable(self, model: nn.Module, config: PeftConfig, targets: list[str]) -> list[str]:
+        """Names of base-model parameters this config also trains and saves (e.g. biases)."""
+        return []
+
+    # ---- peft's adapter_config.json -----------------------------------------------------------
+    def to_peft_dict(self, config: PeftConfig, model: nn.Module, targets: list[str]) -> dict[str, Any]:
+        data = config.to_dict()
+        data["peft_type"] = self.peft_type
+        return data
+
+    def config_from_dict(self, data: dict[str, Any]) -> PeftConfig:
+        """Read ours or peft's adapter_config.json. A peft feature peftkit lacks is an error, not ignored."""
+        known = set(self.config_class.field_names())
+        fields = {k: v for k, v in data.items() if k in known}
+        for key, value in data.items():
+            if key in known or key in PEFT_BOOKKEEPING or key.startswith("peftkit_"):
+                continue
+            if value not in (None, False, {}, [], "", 0):
+                raise ConfigError(key, f"{self.name}: peft option {key}={value!r} is not supported by peftkit")
+        fields.update(self.translate_peft_fields(data))
+        fields.setdefault("task_type", data.get("task_type"))
+        fields.setdefault("base_model_name_or_path", data.get("base_model_name_or_path"))
+        return self.config_class(**fields)
+
+    def translate_peft_fields(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Hook for fields whose values differ between peft and peftkit."""
+        return {}
+
+
+class LayerMethod(Method):
+    """A method that wraps targeted layers in :class:`AdapterLayer` subclasses."""
+
+    layer_types: ClassVar[dict[type, type[AdapterLayer]]] = {}
+
+    def layer_class(self, module: nn.Module) -> type[AdapterLayer]:
+        for base_type, layer_cls in self.layer_types.items():
+            if isinstance(module, base_type):
+                return layer_cls
+        raise TargetError(f"{self.name} cannot wrap {type(module).__name__}")
+
+    def inject(self, model: nn.Module, config: PeftConfig, adapter_name: str) -> list[str]:
+        targets = find_targets(model, config, tuple(self.layer_types), self.name)
+        for path, module in targets:
+            parent, attr = get_parent(model, path)
+            current = getattr(parent, attr)
+            if isinstance(current, AdapterLayer):
+                if not isinstance(current, self.layer_class(module)):
+                    raise TargetError(f"{path} already holds a {type(current).__name__}; {self.name} cannot join it")
+                current.add(adapter_name, config, path)
+                current.train(module.training)  # new sub-modules follow the model's train/eval mode
+            else:
+                layer = self.layer_class(module)(module)
+                layer.add(adapter_name, config, path)
+                layer.train(module.training)
+                setattr(parent, attr, layer)
+        return [p for p, _ in targets]
+
+
+def get_parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
+    parent_path, _, attr = path.rpartition(".")
+    return (model.get_submodule(parent_path) if parent_path else model), attr
+
+
+_METHODS: dict[str, Method] = {}
+
+
+def register_method(name: str, config: type[PeftConfig], peft_type: str | None = None):
+    """Class decorator: register ``cls`` (a :class:`Method`) under ``name`` with its config class."""
+
+    def decorate(cls: type[Method]) -> type[Method]:
+        if name in _METHODS:
+            raise ValueError(f"method {name!r} is already registered by {type(_METHODS[name]).__name__}")
+        cls.name, cls.config_class, cls.peft_type = name, config, peft_type
+        config.method = name
+        _METHODS[name] = cls()
+        return cls
+
+    return decorate
+
+
+def list_methods() -> list[str]:
+    """Names of every registered method."""
+    return sorted(_METHODS)
+
+
+def get_method(name_or_config: str | PeftConfig) -> Method:
+    name = name_or_config if isinstance(name_or_config, str) else name_or_config.method
+    if name not in _METHODS:
+        raise ValueError(f"unknown method {name!r}; registered methods: {list_methods()}")
+    return _METHODS[name]
+
+
+def method_for_saved_config(data: dict[str, Any]) -> Method:
+    """The method that reads a saved adapter_config.json (ours or peft's)."""
+    if data.get("peftkit_method"):
+        return get_method(data["peftkit_method"])
+    peft_type = data.get("peft_type")
+    for method in _METHODS.values():
+        if method.peft_type and method.peft_type == peft_type:
+            return method
+    raise ValueError(f"adapter_config.json names peft_type={peft_type!r}, which no peftkit method reads; "
+                     f"peftkit reads {sorted(m.peft_type for m in _METHODS.values() if m.peft_type)}")
