@@ -7,19 +7,52 @@ from conftest import Case
 from peftkit import LoraConfig
 
 CASES: list[Case] = [
-    Case("lora-llama-qv", "llama", lambda: LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])),
-    Case("lora-llama-cls-all-linear", "llama_cls",
-         lambda: LoraConfig(r=4, target_modules="all-linear", modules_to_save=["score"])),
-    Case("lora-bert-cls-regex", "bert",
-         lambda: LoraConfig(r=4, target_modules=r".*attention\.self\.(query|value)", modules_to_save=["classifier"])),
-    Case("lora-gpt2-conv1d-bias", "gpt2",
-         lambda: LoraConfig(r=4, target_modules=["c_attn", "mlp.c_proj"], bias="lora_only")),
-    Case("lora-t5-all-linear-rslora", "t5", lambda: LoraConfig(r=4, target_modules="all-linear", use_rslora=True)),
-    Case("lora-llama-embed-patterns", "llama",
-         lambda: LoraConfig(r=4, target_modules=["embed_tokens", "up_proj"], rank_pattern={"up_proj": 2},
-                            alpha_pattern={"up_proj": 4}, layers_to_transform=[1])),
-    Case("lora-mlp-gaussian-bias-all", "mlp",
-         lambda: LoraConfig(r=2, target_modules=["fc1", "fc2"], init_lora_weights="gaussian", bias="all")),
-    Case("lora-llama-pissa", "llama",
-         lambda: LoraConfig(r=4, target_modules=["q_proj", "o_proj"], init_lora_weights="pissa", lora_dropout=0.1)),
+    Case(
+        "lora-llama-qv", "llama", lambda: LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    ),
+    Case(
+        "lora-llama-cls-all-linear",
+        "llama_cls",
+        lambda: LoraConfig(r=4, target_modules="all-linear", modules_to_save=["score"]),
+    ),
+    Case(
+        "lora-bert-cls-regex",
+        "bert",
+        lambda: LoraConfig(
+            r=4, target_modules=r".*attention\.self\.(query|value)", modules_to_save=["classifier"]
+        ),
+    ),
+    Case(
+        "lora-gpt2-conv1d-bias",
+        "gpt2",
+        lambda: LoraConfig(r=4, target_modules=["c_attn", "mlp.c_proj"], bias="lora_only"),
+    ),
+    Case(
+        "lora-t5-all-linear-rslora",
+        "t5",
+        lambda: LoraConfig(r=4, target_modules="all-linear", use_rslora=True),
+    ),
+    Case(
+        "lora-llama-embed-patterns",
+        "llama",
+        lambda: LoraConfig(
+            r=4,
+            target_modules=["embed_tokens", "up_proj"],
+            rank_pattern={"up_proj": 2},
+            alpha_pattern={"up_proj": 4},
+            layers_to_transform=[1],
+        ),
+    ),
+    Case(
+        "lora-mlp-gaussian-bias-all",
+        "mlp",
+        lambda: LoraConfig(r=2, target_modules=["fc1", "fc2"], init_lora_weights="gaussian", bias="all"),
+    ),
+    Case(
+        "lora-llama-pissa",
+        "llama",
+        lambda: LoraConfig(
+            r=4, target_modules=["q_proj", "o_proj"], init_lora_weights="pissa", lora_dropout=0.1
+        ),
+    ),
 ]

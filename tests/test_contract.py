@@ -155,6 +155,13 @@ def test_mixed_batch_equals_single_runs(case):
 def test_mismatched_base_raises(case, tmp_path):
     model = wrapped(case)
     model.save_pretrained(tmp_path)
-    other = {"llama": "gpt2", "llama_cls": "bert", "bert": "llama_cls", "gpt2": "llama", "t5": "llama", "mlp": "llama"}
+    other = {
+        "llama": "gpt2",
+        "llama_cls": "bert",
+        "bert": "llama_cls",
+        "gpt2": "llama",
+        "t5": "llama",
+        "mlp": "llama",
+    }
     with pytest.raises((BaseModelMismatchError, peftkit.TargetError)):
         peftkit.PeftModel.from_pretrained(build(other[case.kind]), tmp_path)

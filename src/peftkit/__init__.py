@@ -11,7 +11,21 @@ from .registry import LayerMethod, Method, get_method, list_methods, register_me
 __version__ = "0.1.0"
 
 __all__ = [
-    "BASE_ROW", "AdapterError", "AdapterLayer", "BaseModelMismatchError", "CheckpointError", "ConfigError",
-    "LayerMethod", "LoraConfig", "Method", "ParameterReport", "PeftConfig", "PeftModel", "TargetError",
-    "get_method", "get_peft_model", "list_methods", "register_method",
+    "BASE_ROW",
+    "AdapterError",
+    "AdapterLayer",
+    "BaseModelMismatchError",
+    "CheckpointError",
+    "ConfigError",
+    "LayerMethod",
+    "LoraConfig",
+    "Method",
+    "ParameterReport",
+    "PeftConfig",
+    "PeftModel",
+    "TargetError",
+    "get_method",
+    "get_peft_model",
+    "list_methods",
+    "register_method",
 ]

@@ -75,22 +75,28 @@ def write_adapter(
 def read_config(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / CONFIG_NAME
     if not path.is_file():
-        raise CheckpointError(f"no {CONFIG_NAME} in {folder}; is this an adapter folder saved by peftkit or peft?")
+        raise CheckpointError(
+            f"no {CONFIG_NAME} in {folder}; is this an adapter folder saved by peftkit or peft?"
+        )
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path} is not valid JSON ({err}); the file may be truncated") from err
 
 
-def read_weights(folder: str | Path, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_weights(
+    folder: str | Path, allow_pickle: bool = False
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and safetensors metadata of an adapter folder."""
     folder = Path(folder)
     if (folder / WEIGHTS_NAME).is_file():
         try:
             with safe_open(str(folder / WEIGHTS_NAME), framework="pt") as f:
-                return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+                return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118, dict(f.metadata() or {})
         except Exception as err:  # safetensors raises its own error types
-            raise CheckpointError(f"{folder / WEIGHTS_NAME} cannot be read ({err}); the file may be truncated") from err
+            raise CheckpointError(
+                f"{folder / WEIGHTS_NAME} cannot be read ({err}); the file may be truncated"
+            ) from err
     if (folder / PICKLE_NAME).is_file():
         if not allow_pickle:
             raise CheckpointError(

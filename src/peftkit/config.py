@@ -57,7 +57,9 @@ class PeftConfig:
         if self.layers_to_transform is not None and not all(
             isinstance(i, int) and i >= 0 for i in self.layers_to_transform
         ):
-            raise ConfigError("layers_to_transform", f"expected non-negative ints, got {self.layers_to_transform!r}")
+            raise ConfigError(
+                "layers_to_transform", f"expected non-negative ints, got {self.layers_to_transform!r}"
+            )
         if self.modules_to_save is not None:
             mts = _check_targets("modules_to_save", self.modules_to_save)
             self.modules_to_save = [mts] if isinstance(mts, str) else mts

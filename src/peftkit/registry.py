@@ -20,8 +20,17 @@ from .targeting import find_targets
 
 # keys peft writes into adapter_config.json that carry no meaning for peftkit's maths
 PEFT_BOOKKEEPING = {
-    "peft_type", "peft_version", "auto_mapping", "revision", "megatron_core", "megatron_config",
-    "qalora_group_size", "fan_in_fan_out", "inference_mode", "base_model_name_or_path", "task_type",
+    "peft_type",
+    "peft_version",
+    "auto_mapping",
+    "revision",
+    "megatron_core",
+    "megatron_config",
+    "qalora_group_size",
+    "fan_in_fan_out",
+    "inference_mode",
+    "base_model_name_or_path",
+    "task_type",
 }
 
 
@@ -54,7 +63,9 @@ class Method:
             if key in known or key in PEFT_BOOKKEEPING or key.startswith("peftkit_"):
                 continue
             if value not in (None, False, {}, [], "", 0):
-                raise ConfigError(key, f"{self.name}: peft option {key}={value!r} is not supported by peftkit")
+                raise ConfigError(
+                    key, f"{self.name}: peft option {key}={value!r} is not supported by peftkit"
+                )
         fields.update(self.translate_peft_fields(data))
         fields.setdefault("task_type", data.get("task_type"))
         fields.setdefault("base_model_name_or_path", data.get("base_model_name_or_path"))
@@ -83,7 +94,9 @@ class LayerMethod(Method):
             current = getattr(parent, attr)
             if isinstance(current, AdapterLayer):
                 if not isinstance(current, self.layer_class(module)):
-                    raise TargetError(f"{path} already holds a {type(current).__name__}; {self.name} cannot join it")
+                    raise TargetError(
+                        f"{path} already holds a {type(current).__name__}; {self.name} cannot join it"
+                    )
                 current.add(adapter_name, config, path)
                 current.train(module.training)  # new sub-modules follow the model's train/eval mode
             else:
@@ -136,5 +149,7 @@ def method_for_saved_config(data: dict[str, Any]) -> Method:
     for method in _METHODS.values():
         if method.peft_type and method.peft_type == peft_type:
             return method
-    raise ValueError(f"adapter_config.json names peft_type={peft_type!r}, which no peftkit method reads; "
-                     f"peftkit reads {sorted(m.peft_type for m in _METHODS.values() if m.peft_type)}")
+    raise ValueError(
+        f"adapter_config.json names peft_type={peft_type!r}, which no peftkit method reads; "
+        f"peftkit reads {sorted(m.peft_type for m in _METHODS.values() if m.peft_type)}"
+    )

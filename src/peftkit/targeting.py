@@ -57,7 +57,10 @@ def layer_index(name: str, layers_pattern: str | None = None) -> int | None:
 def output_head_names(model: nn.Module) -> set[str]:
     heads = {n for n, _ in iter_modules(model) if n.split(".")[-1] in OUTPUT_HEAD_NAMES}
     get_out = getattr(model, "get_output_embeddings", None)
-    out = get_out() if callable(get_out) else None
+    if not callable(get_out):  # a plain torch module: its last Linear is the output head
+        linears = [n for n, m in iter_modules(model) if isinstance(m, linear_types())]
+        return heads | set(linears[-1:])
+    out = get_out()
     if out is not None:
         heads |= {n for n, m in iter_modules(model) if m is out}
     return heads
@@ -97,7 +100,8 @@ def find_targets(
     found = _filter(config, _candidates(model, config))
     if not found:
         raise TargetError(
-            f"{method}: target_modules={config.target_modules!r} (exclude_modules={config.exclude_modules!r}, "
+            f"{method}: target_modules={config.target_modules!r} "
+            f"(exclude_modules={config.exclude_modules!r}, "
             f"layers_to_transform={config.layers_to_transform!r}) matched no module. "
             f"Candidate module names: {candidate_names(model, supported)}"
         )

@@ -60,7 +60,9 @@ class LoraLinear(AdapterLayer):
     def _pissa(self, name: str) -> None:
         """PiSSA (Meng et al. 2024): A, B from the top-r singular triplets; W keeps the residual."""
         if len(self.adapter_names()) > 1:
-            raise ConfigError("init_lora_weights", "pissa rewrites the base weight; use it on a layer with no other adapter")
+            raise ConfigError(
+                "init_lora_weights", "pissa rewrites the base weight; use it on a layer with no other adapter"
+            )
         W = self.base.weight.detach().float()
         W = W.T if self.fan_in_fan_out else W  # (d_out, d_in)
         r, s = self.lora_A[name].out_features, self.scaling[name]
@@ -89,7 +91,7 @@ class LoraLinear(AdapterLayer):
         return self._restore_principal(out, x) if self.pissa_init else out
 
     def _restore_principal(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Under PiSSA the base holds only the residual; rows not using the adapter get W's principal part back."""
+        """Under PiSSA the base keeps only the residual: rows not using the adapter get W's top-r back."""
         name = next(iter(self.pissa_init))
         if self.disabled:
             rows = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
@@ -137,7 +139,9 @@ class LoraEmbedding(AdapterLayer):
 
     def add(self, name: str, config: LoraConfig, module_name: str) -> None:
         if config.init_lora_weights == "pissa":
-            raise ConfigError("init_lora_weights", f"pissa is for linear layers; {module_name} is an Embedding")
+            raise ConfigError(
+                "init_lora_weights", f"pissa is for linear layers; {module_name} is an Embedding"
+            )
         r, base = config.rank_for(module_name), self.base
         kw = {"device": base.weight.device, "dtype": adapter_dtype(base)}
         self.lora_embedding_A[name] = nn.Parameter(torch.zeros(r, base.num_embeddings, **kw))  # (r, V)
@@ -146,7 +150,9 @@ class LoraEmbedding(AdapterLayer):
 
     def adapter_delta(self, name: str, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         A, B, base = self.lora_embedding_A[name], self.lora_embedding_B[name], self.base
-        after_a = F.embedding(x, A.T, base.padding_idx, base.max_norm, base.norm_type, base.scale_grad_by_freq)
+        after_a = F.embedding(
+            x, A.T, base.padding_idx, base.max_norm, base.norm_type, base.scale_grad_by_freq
+        )
         return (after_a @ B.T) * self.scaling[name]  # (B, T, d)
 
     def delta_weight(self, name: str) -> torch.Tensor:
@@ -155,4 +161,3 @@ class LoraEmbedding(AdapterLayer):
     def delete(self, name: str) -> None:
         super().delete(name)
         self.scaling.pop(name, None)
-

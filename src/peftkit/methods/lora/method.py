@@ -23,14 +23,20 @@ class LoraMethod(LayerMethod):
         if config.bias == "all":
             return [n for n, _ in model.named_parameters() if n.endswith(".bias") and ".lora_" not in n]
         if config.bias == "lora_only":
-            return [f"{t}.base_layer.bias" for t in targets if getattr(model.get_submodule(t).base, "bias", None) is not None]
+            return [
+                f"{t}.base_layer.bias"
+                for t in targets
+                if getattr(model.get_submodule(t).base, "bias", None) is not None
+            ]
         return []
 
     def to_peft_dict(self, config: LoraConfig, model: nn.Module, targets: list[str]) -> dict[str, Any]:
         data = super().to_peft_dict(config, model, targets)
         if config.init_lora_weights == "pissa":  # saved converted: rank 2r, same scale
             data.update(_pissa_as_lora(config))
-        data["init_lora_weights"] = True if data["init_lora_weights"] == "kaiming" else data["init_lora_weights"]
+        data["init_lora_weights"] = (
+            True if data["init_lora_weights"] == "kaiming" else data["init_lora_weights"]
+        )
         layers = dict(adapter_layers(model))
         data["fan_in_fan_out"] = any(getattr(layers.get(t), "fan_in_fan_out", False) for t in targets)
         data.update(use_dora=False, lora_bias=False)
