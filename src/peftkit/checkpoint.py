@@ -92,7 +92,8 @@ def read_weights(
     if (folder / WEIGHTS_NAME).is_file():
         try:
             with safe_open(str(folder / WEIGHTS_NAME), framework="pt") as f:
-                return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118, dict(f.metadata() or {})
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+                return tensors, dict(f.metadata() or {})
         except Exception as err:  # safetensors raises its own error types
             raise CheckpointError(
                 f"{folder / WEIGHTS_NAME} cannot be read ({err}); the file may be truncated"
