@@ -153,3 +153,36 @@ def method_for_saved_config(data: dict[str, Any]) -> Method:
         f"adapter_config.json names peft_type={peft_type!r}, which no peftkit method reads; "
         f"peftkit reads {sorted(m.peft_type for m in _METHODS.values() if m.peft_type)}"
     )
+
+
+def config_from_dict(data: dict[str, Any]) -> PeftConfig:
+    """A config from ``{"method": "lora", ...fields}`` or from a saved adapter_config.json."""
+    data = dict(data)
+    if "method" in data:
+        method = get_method(data.pop("method"))
+        return method.config_class.from_dict(data)
+    if "peft_type" in data or "peftkit_method" in data:
+        return method_for_saved_config(data).config_from_dict(data)
+    raise ConfigError("method", f"missing: say which method the config is for, one of {list_methods()}")
+
+
+def config_from_file(path: str) -> PeftConfig:
+    """Read a method config from YAML or JSON (an ``adapter_config.json`` works too)."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "adapter_config.json"
+    if not p.is_file():
+        raise ConfigError("config", f"{path} does not exist")
+    text = p.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise ConfigError("config", f"{path} cannot be parsed: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError("config", f"{path} must hold a mapping of fields, got {type(data).__name__}")
+    return config_from_dict(data)

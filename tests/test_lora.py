@@ -1,0 +1,122 @@
+"""LoRA maths checked by hand, beyond the shared contract."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import build, make_inputs
+from test_contract import perturb
+
+from peftkit import BASE_ROW, AdapterError, LoraConfig, get_peft_model
+
+
+def test_linear_forward_is_base_plus_scaled_BA():
+    model = get_peft_model(build("mlp"), LoraConfig(r=2, lora_alpha=6, target_modules=["fc1"]))
+    perturb(model)
+    layer = model.base_model.fc1
+    x = torch.randn(4, 16)
+    A, B = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    expected = x @ layer.base.weight.T + layer.base.bias + 3.0 * (x @ A.T @ B.T)
+    torch.testing.assert_close(layer(x), expected)
+
+
+def test_conv1d_uses_transposed_weight():
+    model = get_peft_model(build("gpt2"), LoraConfig(r=2, target_modules=["c_attn"]))
+    perturb(model)
+    layer = model.base_model.transformer.h[0].attn.c_attn
+    assert layer.fan_in_fan_out and layer.in_features == 32 and layer.out_features == 96
+    x = torch.randn(2, 5, 32)
+    delta = layer.delta_weight("default")
+    assert delta.shape == layer.base.weight.shape == (32, 96)
+    torch.testing.assert_close(
+        layer(x), x @ (layer.base.weight + delta) + layer.base.bias, atol=1e-5, rtol=1e-5
+    )
+
+
+def test_rslora_and_patterns_set_scaling_per_module():
+    cfg = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        use_rslora=True,
+        target_modules=["q_proj", "v_proj"],
+        rank_pattern={"v_proj": 2},
+        alpha_pattern={r"layers\.1\.self_attn\.q_proj": 3},
+    )
+    model = get_peft_model(build("llama"), cfg)
+    attn0, attn1 = model.base_model.model.layers[0].self_attn, model.base_model.model.layers[1].self_attn
+    assert attn0.q_proj.scaling["default"] == pytest.approx(8 / math.sqrt(4))
+    assert attn0.v_proj.scaling["default"] == pytest.approx(8 / math.sqrt(2))
+    assert attn0.v_proj.lora_A["default"].out_features == 2
+    assert attn1.q_proj.scaling["default"] == pytest.approx(3 / math.sqrt(4))
+
+
+def test_embedding_delta_is_low_rank_lookup():
+    model = get_peft_model(build("llama"), LoraConfig(r=3, lora_alpha=3, target_modules=["embed_tokens"]))
+    perturb(model)
+    layer = model.base_model.model.embed_tokens
+    ids = torch.tensor([[5, 7, 9]])
+    full = layer.base.weight + layer.delta_weight("default")  # (V, d)
+    torch.testing.assert_close(layer(ids), full[ids])
+
+
+def test_pissa_starts_from_principal_components():
+    base = build("llama")
+    W = base.model.layers[0].self_attn.q_proj.weight.detach().clone()
+    model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj"], init_lora_weights="pissa")
+    )
+    layer = model.base_model.model.layers[0].self_attn.q_proj
+    U, S, Vh = torch.linalg.svd(W)
+    top = U[:, :4] @ torch.diag(S[:4]) @ Vh[:4]
+    torch.testing.assert_close(layer.delta_weight("default"), top, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(layer.base.weight, W - top, atol=1e-5, rtol=1e-4)
+    exported = layer.export_state_dict("default")
+    assert exported["lora_A.weight"].shape == (8, 32)  # saved as rank-2r LoRA valid on the original W
+    model.delete_adapter("default")
+    torch.testing.assert_close(base.model.layers[0].self_attn.q_proj.weight, W, atol=1e-5, rtol=1e-4)
+
+
+def test_pissa_refuses_a_shared_layer():
+    model = get_peft_model(build("llama"), LoraConfig(r=2, target_modules=["q_proj"]))
+    with pytest.raises(ValueError, match="pissa"):
+        model.add_adapter("p", LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights="pissa"))
+
+
+def test_mixed_batch_generation_equals_single_runs():
+    model = get_peft_model(build("llama"), LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"]))
+    model.add_adapter("b", LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"]))
+    perturb(model, "default", seed=1)
+    perturb(model, "b", seed=2)
+    inputs = make_inputs("llama")
+    kw = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
+    rows = ["b", BASE_ROW, "default"]
+    mixed = model.generate(**inputs, adapter_names=rows, **kw)
+    for i, row in enumerate(rows):
+        if row == BASE_ROW:
+            with model.disable_adapter():
+                single = model.generate(**inputs, **kw)
+        else:
+            model.set_adapter(row)
+            single = model.generate(**inputs, **kw)
+        assert torch.equal(mixed[i], single[i]), f"row {i} ({row})"
+
+
+def test_merged_state_refuses_disable_and_mixed_batches():
+    model = get_peft_model(build("llama"), LoraConfig(r=2, target_modules=["q_proj"]))
+    model.merge_adapter()
+    with pytest.raises(AdapterError, match="unmerge"), model.disable_adapter():
+        pass
+    with pytest.raises(AdapterError, match="unmerge"):
+        model(**make_inputs("llama"), adapter_names=["default"] * 3)
+    with pytest.raises(AdapterError, match="batch has 3 rows"):
+        model.unmerge_adapter()
+        model(**make_inputs("llama"), adapter_names=["default"] * 2)
+
+
+def test_training_mode_does_not_merge():
+    model = get_peft_model(build("llama"), LoraConfig(r=2, target_modules=["q_proj"]))
+    model.eval()
+    model.train()
+    assert not any(layer.merged for _, layer in model.layers())
