@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,6 +56,26 @@ class PeftModel(nn.Module):
             p.requires_grad_(False)
         self.add_adapter(adapter_name, config)
         self.set_adapter(adapter_name)
+        self._expose_forward_signature()
+
+    def _expose_forward_signature(self) -> None:
+        """Give ``forward`` the base model's signature (plus ``adapter_names``) so tools that read it,
+        such as ``transformers.Trainer`` choosing dataset columns, see the real arguments."""
+        try:
+            base = inspect.signature(self.base_model.forward)
+        except (TypeError, ValueError):
+            return
+        params = [p for p in base.parameters.values() if p.kind != p.VAR_KEYWORD]
+        params.append(inspect.Parameter("adapter_names", inspect.Parameter.KEYWORD_ONLY, default=None))
+        params += [p for p in base.parameters.values() if p.kind == p.VAR_KEYWORD]
+        cls_forward = type(self).forward
+
+        def forward(*args, **kwargs):
+            return cls_forward(self, *args, **kwargs)
+
+        forward.__signature__ = base.replace(parameters=params)
+        forward.__doc__ = cls_forward.__doc__
+        object.__setattr__(self, "forward", forward)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -269,8 +290,14 @@ class PeftModel(nn.Module):
                     )
                 params[key].copy_(value)
 
-    def save_pretrained(self, save_directory: str | Path, adapter_names: list[str] | None = None) -> None:
-        """Save adapters in peft's format: 'default' in the folder itself, others in sub-folders by name."""
+    def save_pretrained(
+        self, save_directory: str | Path, adapter_names: list[str] | None = None, **hf_kwargs: Any
+    ) -> None:
+        """Save adapters in peft's format: 'default' in the folder itself, others in sub-folders by name.
+
+        ``hf_kwargs`` (``state_dict``, ``safe_serialization``, ... passed by ``transformers.Trainer``) are
+        ignored: only adapter tensors are saved, always as safetensors.
+        """
         names = adapter_names or list(self.peft_config)
         self._check_known(names)
         for name in names:

@@ -1,0 +1,88 @@
+"""Training hyper-parameters, checked when built."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from ..config import check_choice, check_positive_int, check_range
+from ..errors import ConfigError
+
+SCHEDULES = ("linear", "cosine", "constant")
+
+
+@dataclass
+class TrainConfig:
+    """How to train.
+
+    Args:
+        lr: peak learning rate of AdamW.
+        epochs: passes over the training data (ignored when ``max_steps`` is set).
+        max_steps: optimizer steps to take; overrides ``epochs``.
+        batch_size: examples per micro-batch.
+        grad_accum: micro-batches per optimizer step.
+        schedule: ``linear`` or ``cosine`` decay after warm-up, or ``constant``.
+        warmup_steps / warmup_ratio: linear warm-up length (steps, or a fraction of all steps).
+        weight_decay: AdamW weight decay.
+        max_grad_norm: clip the global gradient norm (0 disables).
+        bf16: run forward/backward under bf16 autocast.
+        gradient_checkpointing: recompute activations in backward to save memory.
+        seed: seeds data order, dropout and initialisation.
+        eval_every: evaluate every N optimizer steps (0: only at the end).
+        early_stopping_patience: stop after N evaluations without improvement (0: never).
+        metric_for_best: eval metric that decides "improvement" and the best checkpoint.
+        save_every: write a resumable checkpoint every N steps (0: never).
+        keep_checkpoints: how many resumable checkpoints to keep.
+        log_every: log train loss every N steps.
+    """
+
+    lr: float = 2e-4
+    epochs: float = 1.0
+    max_steps: int = 0
+    batch_size: int = 8
+    grad_accum: int = 1
+    schedule: str = "linear"
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    eval_every: int = 0
+    early_stopping_patience: int = 0
+    metric_for_best: str = "eval_loss"
+    save_every: int = 0
+    keep_checkpoints: int = 2
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.lr, (int, float)) or self.lr <= 0:
+            raise ConfigError("lr", f"must be a positive number, got {self.lr!r}")
+        if self.epochs <= 0 and self.max_steps <= 0:
+            raise ConfigError("epochs", "set epochs > 0 or max_steps > 0")
+        check_positive_int("batch_size", self.batch_size)
+        check_positive_int("grad_accum", self.grad_accum)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        for name in (
+            "max_steps",
+            "warmup_steps",
+            "eval_every",
+            "early_stopping_patience",
+            "save_every",
+            "seed",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(name, f"must be a non-negative integer, got {value!r}")
+        check_positive_int("keep_checkpoints", self.keep_checkpoints)
+        check_positive_int("log_every", self.log_every)
+        if self.max_grad_norm < 0 or self.weight_decay < 0:
+            raise ConfigError("max_grad_norm", "max_grad_norm and weight_decay must be >= 0")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
