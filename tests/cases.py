@@ -5,6 +5,7 @@ from __future__ import annotations
 from conftest import Case
 
 from peftkit import LoraConfig
+from peftkit.methods.full import FullConfig
 
 CASES: list[Case] = [
     Case(
@@ -54,5 +55,17 @@ CASES: list[Case] = [
         lambda: LoraConfig(
             r=4, target_modules=["q_proj", "o_proj"], init_lora_weights="pissa", lora_dropout=0.1
         ),
+    ),
+    Case("full-llama", "llama", lambda: FullConfig()),
+    Case("full-bert-cls", "bert", lambda: FullConfig(modules_to_save=["classifier"])),
+    Case("full-gpt2-tied", "gpt2", lambda: FullConfig()),  # wte and lm_head share one delta
+    # T5's relative position bias takes (q, k) buckets shared by all rows, so a mixed batch cannot
+    # give rows different tables: left out here; shared/embed_tokens/lm_head share one delta
+    Case("full-t5", "t5", lambda: FullConfig(exclude_modules=["relative_attention_bias"])),
+    Case("full-mlp-explicit", "mlp", lambda: FullConfig(target_modules=["fc1", "head"])),
+    Case(
+        "full-llama-blocks",
+        "llama",
+        lambda: FullConfig(target_modules=["mlp", "input_layernorm"], layers_to_transform=[1]),
     ),
 ]

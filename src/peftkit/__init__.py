@@ -4,6 +4,7 @@ from . import methods  # noqa: F401  (registers every method)
 from .config import PeftConfig
 from .errors import AdapterError, BaseModelMismatchError, CheckpointError, ConfigError, TargetError
 from .layer import BASE_ROW, AdapterLayer
+from .methods.full import FullConfig
 from .methods.lora import LoraConfig
 from .model import ParameterReport, PeftModel, get_peft_model
 from .registry import LayerMethod, Method, get_method, list_methods, register_method
@@ -17,6 +18,7 @@ __all__ = [
     "BaseModelMismatchError",
     "CheckpointError",
     "ConfigError",
+    "FullConfig",
     "LayerMethod",
     "LoraConfig",
     "Method",

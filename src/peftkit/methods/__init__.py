@@ -4,3 +4,4 @@ Importing this package registers every method.
 """
 
 from . import lora  # noqa: F401
+from .full import FullMethod  # noqa: F401

@@ -1,0 +1,281 @@
+"""Task specifications and :func:`encode`: records in, tokenized training examples out.
+
+Four task types, each a function from one record to one example:
+
+- ``classification``: ``input_ids``, ``attention_mask``, ``labels`` (int index into ``spec.labels``).
+- ``cloze``: PET-style prompt + verbalizer (Schick & Schütze, 2021, "Exploiting Cloze Questions for
+  Few Shot Text Classification", §3); see :mod:`peftkit.data.cloze`.
+- ``sft``: prompt + response with the loss on response tokens only; see :mod:`peftkit.data.sft`.
+- ``seq2seq``: ``input_ids`` from the source, ``labels`` from the target (+ EOS).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ConfigError
+from ._common import Example, Row, eos_id, get_field, token_ids
+from .errors import DataError
+from .readers import ReadResult
+
+TASK_TYPES = ("classification", "cloze", "sft", "seq2seq")
+MODEL_KINDS = ("causal", "masked")
+
+
+@dataclass
+class TaskSpec:
+    """What a task reads from each record and how it is turned into a training example.
+
+    Args:
+        type: one of ``"classification"``, ``"cloze"``, ``"sft"``, ``"seq2seq"``.
+        text_column, text_pair_column, label_column: classification / cloze inputs.
+        prompt_column, response_column: sft inputs; or ``messages_column`` holding a chat
+            (a list of ``{"role", "content"}``) whose last (assistant) message is the response.
+        source_column, target_column: seq2seq inputs.
+        template: cloze pattern containing ``{text}`` and ``{mask}``, e.g. ``"{text} It was {mask}."``.
+        verbalizer: cloze label -> word, e.g. ``{0: "terrible", 1: "great"}``. Keys may be ints or
+            strings; labels in the data are matched after ``str()``.
+        labels: the label set, in index order. Classification infers it (sorted) from the data when
+            ``None``; cloze defaults to the verbalizer's key order.
+        max_length: token budget of one example (each side, for seq2seq).
+        system_prompt: sft system message, used unless a chat already starts with one.
+        model_kind: cloze only: ``"causal"`` scores the token after the prompt, ``"masked"`` scores
+            the tokenizer's mask token.
+    """
+
+    type: str
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    prompt_column: str = "prompt"
+    response_column: str = "response"
+    messages_column: str | None = None
+    source_column: str = "source"
+    target_column: str = "target"
+    template: str | None = None
+    verbalizer: dict[Any, str] | None = None
+    labels: list[Any] | None = None
+    max_length: int = 256
+    system_prompt: str | None = None
+    model_kind: str = "causal"
+
+    def __post_init__(self) -> None:
+        _check_choice("type", self.type, TASK_TYPES)
+        _check_choice("model_kind", self.model_kind, MODEL_KINDS)
+        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 1:
+            raise ConfigError("max_length", f"expected a positive int, got {self.max_length!r}")
+        if self.labels is not None:
+            self.labels = _check_labels(self.labels)
+        if self.type == "cloze":
+            self._check_cloze()
+
+    def _check_cloze(self) -> None:
+        t = self.template
+        if not t or t.count("{text}") != 1 or t.count("{mask}") != 1:
+            raise ConfigError(
+                "template",
+                f"cloze needs {{text}} and {{mask}} once each, e.g. '{{text}} It was {{mask}}.'; got {t!r}",
+            )
+        if self.model_kind == "causal" and t.index("{text}") > t.index("{mask}"):
+            raise ConfigError("template", "a causal LM reads only the text before {mask}: put {text} first")
+        if not self.verbalizer or not all(isinstance(w, str) and w.strip() for w in self.verbalizer.values()):
+            raise ConfigError(
+                "verbalizer", f"cloze needs a dict label -> non-empty word, got {self.verbalizer!r}"
+            )
+        words = {str(k) for k in self.verbalizer}
+        missing = [label for label in self.labels or [] if str(label) not in words]
+        if missing:
+            raise ConfigError(
+                "labels", f"{missing} have no verbalizer word; verbalizer keys: {sorted(words)}"
+            )
+
+    def label_list(self) -> list[Any] | None:
+        """The label set in index order (``labels``, else the verbalizer keys for cloze)."""
+        if self.labels is None and self.type == "cloze":
+            return list(self.verbalizer or {})
+        return self.labels
+
+    def with_labels(self, records: Sequence[dict[str, Any]]) -> TaskSpec:
+        """This spec, with ``labels`` inferred from ``records`` when unset (classification).
+
+        Encode evaluation data with the spec returned here (or ``Encoded.labels``) so that label
+        indices agree between splits.
+        """
+        if self.labels is not None or self.type != "classification":
+            return self
+        labels = (get_field(r, self.label_column, i) for i, r in enumerate(records))
+        found = {str(label): label for label in labels}
+        return dataclasses.replace(self, labels=sorted(found.values(), key=_natural_key))
+
+    def required_columns(self) -> list[str]:
+        """Columns every record needs (pass to ``read_records(required=...)``)."""
+        if self.type == "sft":
+            return (
+                [self.messages_column] if self.messages_column else [self.prompt_column, self.response_column]
+            )
+        if self.type == "seq2seq":
+            return [self.source_column, self.target_column]
+        pair = [self.text_pair_column] if self.text_pair_column else []
+        return [self.text_column, *pair, self.label_column]
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(name, f"got {value!r}; allowed values: {list(allowed)}")
+
+
+def _check_labels(labels: Any) -> list[Any]:
+    if not isinstance(labels, (list, tuple)) or not labels:
+        raise ConfigError("labels", f"expected a non-empty list, got {labels!r}")
+    names = [str(label) for label in labels]
+    if len(set(names)) != len(names):
+        raise ConfigError("labels", f"labels must be distinct after str(): {names}")
+    return list(labels)
+
+
+def _natural_key(value: Any) -> tuple[int, float, str]:
+    """Sort numbers (and numeric strings) numerically, before other strings."""
+    try:
+        return (0, float(value), str(value))
+    except (TypeError, ValueError):
+        return (1, 0.0, str(value))
+
+
+# --- results -------------------------------------------------------------------------------------
+
+
+@dataclass
+class EncodeStats:
+    """Counts from one :func:`encode` call; lengths are of ``input_ids``."""
+
+    count: int = 0
+    truncated: int = 0
+    mean_length: float = 0.0
+    max_length: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def num_dropped(self) -> int:
+        return sum(self.dropped.values())
+
+    def summary(self) -> str:
+        text = (
+            f"{self.count} examples, {self.truncated} truncated, "
+            f"length mean {self.mean_length:.1f} max {self.max_length}"
+        )
+        if self.dropped:
+            text += "; dropped " + ", ".join(f"{n} ({why})" for why, n in self.dropped.items())
+        return text
+
+
+@dataclass
+class Encoded:
+    """Tokenized examples (lists of ids, ready for :class:`~peftkit.data.Collator`) and their stats.
+
+    ``labels`` is the label set used (index ``i`` <-> ``labels[i]``) for classification and cloze.
+    """
+
+    examples: list[Example]
+    stats: EncodeStats
+    labels: list[Any] | None = None
+
+
+# --- encode --------------------------------------------------------------------------------------
+
+RowEncoder = Callable[[dict[str, Any], int], Row]
+
+
+def encode(records: Sequence[dict[str, Any]] | ReadResult, tokenizer: Any, spec: TaskSpec) -> Encoded:
+    """Tokenize ``records`` for ``spec``'s task.
+
+    Raises:
+        DataError: a record lacks a column, has an unknown label, or no record could be encoded.
+    """
+    if isinstance(records, ReadResult):
+        records = records.records
+    spec = spec.with_labels(records)
+    row_encoder = _builder(spec.type)(tokenizer, spec)
+    examples, truncated, dropped = [], 0, Counter()
+    for i, record in enumerate(records):
+        row = row_encoder(record, i)
+        if row.example is None:
+            dropped[row.dropped or "unknown"] += 1
+            continue
+        examples.append(row.example)
+        truncated += row.truncated
+    if not examples:
+        raise DataError(f"no record could be encoded ({len(records)} given; dropped: {dict(dropped)})")
+    return Encoded(examples, _stats(examples, truncated, dropped), spec.label_list())
+
+
+def _builder(task_type: str) -> Callable[[Any, TaskSpec], RowEncoder]:
+    from .cloze import cloze_row_encoder
+    from .sft import sft_row_encoder
+
+    builders = {
+        "classification": _classification_row_encoder,
+        "cloze": cloze_row_encoder,
+        "sft": sft_row_encoder,
+        "seq2seq": _seq2seq_row_encoder,
+    }
+    return builders[task_type]
+
+
+def _stats(examples: list[Example], truncated: int, dropped: Counter) -> EncodeStats:
+    lengths = [len(e["input_ids"]) for e in examples]
+    return EncodeStats(len(examples), truncated, sum(lengths) / len(lengths), max(lengths), dict(dropped))
+
+
+def label_index(spec: TaskSpec) -> dict[str, int]:
+    """``str(label) -> index`` for the spec's label set."""
+    return {str(label): i for i, label in enumerate(spec.label_list() or [])}
+
+
+def lookup_label(index: dict[str, int], record: dict[str, Any], spec: TaskSpec, row: int) -> int:
+    """The index of ``record``'s label, or a :class:`DataError` naming the row and the allowed labels."""
+    label = get_field(record, spec.label_column, row)
+    if str(label) not in index:
+        raise DataError(f"row {row}: label {label!r} is not one of {spec.label_list()}")
+    return index[str(label)]
+
+
+def _tokenize_truncated(tokenizer: Any, text: str, pair: str | None, max_length: int) -> tuple[Example, bool]:
+    """Tokenize with special tokens; if over ``max_length``, again with truncation (and say so)."""
+    enc = tokenizer(text, pair)
+    cut = len(enc["input_ids"]) > max_length
+    if cut:
+        enc = tokenizer(text, pair, truncation=True, max_length=max_length)
+    keys = ("input_ids", "attention_mask", "token_type_ids")
+    return {k: list(enc[k]) for k in keys if k in enc}, cut
+
+
+def _classification_row_encoder(tokenizer: Any, spec: TaskSpec) -> RowEncoder:
+    index = label_index(spec)
+
+    def encode_row(record: dict[str, Any], i: int) -> Row:
+        label = lookup_label(index, record, spec, i)
+        text = str(get_field(record, spec.text_column, i))
+        pair = str(get_field(record, spec.text_pair_column, i)) if spec.text_pair_column else None
+        example, cut = _tokenize_truncated(tokenizer, text, pair, spec.max_length)
+        return Row({**example, "labels": label}, cut)
+
+    return encode_row
+
+
+def _seq2seq_row_encoder(tokenizer: Any, spec: TaskSpec) -> RowEncoder:
+    eos = eos_id(tokenizer)
+
+    def encode_row(record: dict[str, Any], i: int) -> Row:
+        source = str(get_field(record, spec.source_column, i))
+        example, cut_source = _tokenize_truncated(tokenizer, source, None, spec.max_length)
+        labels = token_ids(tokenizer, str(get_field(record, spec.target_column, i)), special=False) + [eos]
+        cut_target = len(labels) > spec.max_length
+        if cut_target:
+            labels = labels[: spec.max_length - 1] + [eos]  # a truncated target still ends with EOS
+        return Row({**example, "labels": labels}, cut_source or cut_target)
+
+    return encode_row

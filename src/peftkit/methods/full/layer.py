@@ -1,0 +1,169 @@
+"""The full fine-tuning layer: the wrapped module runs with ``W0 + D`` for each of its parameters.
+
+``D`` (one per parameter, per adapter, zero at init) is the trainable part; the module's own
+forward is reused through :func:`torch.func.functional_call`, so any module can be wrapped and
+``dL/dD = dL/dW`` exactly as in plain fine-tuning.
+
+A base parameter shared by several wrapped modules (GPT-2's ``wte`` and ``lm_head``, T5's
+``shared`` and ``embed_tokens``) gets one delta, owned by the first layer and *shared* by the
+others (:meth:`FullLayer.share`): it trains, saves and merges once, as the tied weight would.
+
+Limits: model code that reads a wrapped module's parameters without calling the module sees
+``W0`` alone. In a mixed batch, rows are split along the first input's leading dimension (a
+leading 1, as for position ids shared by all rows, is broadcast); a module fed a table that is
+not batch-major (T5's relative position bias) raises, unless its leading size happens to equal
+the batch size or 1, in which case it is split as if it were one row per example.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from ...errors import AdapterError
+from ...layer import BASE_ROW, AdapterLayer
+
+
+def delta_dtype(param: torch.Tensor) -> torch.dtype:
+    """Deltas train in fp32 unless the base is already fp32/fp64."""
+    return param.dtype if param.dtype in (torch.float32, torch.float64) else torch.float32
+
+
+class DeltaTree(nn.Module):
+    """Zero deltas laid out like a module's parameters: same dotted names, same shapes.
+
+    The state-dict keys are then the module's own (``weight``, ``bias``, ``projection.weight``).
+    """
+
+    @classmethod
+    def zeros_like(cls, module: nn.Module) -> DeltaTree:
+        tree = cls()
+        for path, p in module.named_parameters():  # tied names inside the module appear once
+            owner, leaf = tree.node(path, create=True)
+            owner.register_parameter(leaf, nn.Parameter(torch.zeros_like(p, dtype=delta_dtype(p))))
+        return tree
+
+    def node(self, path: str, create: bool = False) -> tuple[nn.Module, str]:
+        """The sub-module holding ``path``'s parameter and the parameter's own name."""
+        owner: nn.Module = self
+        *parents, leaf = path.split(".")
+        for part in parents:
+            if part not in owner._modules and create:
+                owner.add_module(part, DeltaTree())
+            owner = owner._modules[part]
+        return owner, leaf
+
+
+class FullLayer(AdapterLayer):
+    """Wraps any module; adapter ``name`` replaces each parameter ``W0`` by ``W0 + D``."""
+
+    adapter_containers = ("full_delta",)
+
+    def __init__(self, base_layer: nn.Module):
+        super().__init__(base_layer)
+        self.full_delta = nn.ModuleDict()
+        self.shared: dict[str, set[str]] = {}  # adapter -> parameter paths whose delta another layer owns
+
+    def add(self, name: str, config: Any = None, module_name: str = "") -> None:
+        self.full_delta[name] = DeltaTree.zeros_like(self.base)
+        self.shared[name] = set()
+
+    # ---- the deltas ------------------------------------------------------------------------------
+    def deltas(self, name: str) -> dict[str, nn.Parameter]:
+        """Every delta adapter ``name`` applies here, keyed by the base parameter's path."""
+        return dict(self.full_delta[name].named_parameters())
+
+    def owned(self, name: str) -> dict[str, nn.Parameter]:
+        """The deltas this layer owns (trains, saves, merges); shared ones belong to another layer."""
+        return {k: v for k, v in self.deltas(name).items() if k not in self.shared[name]}
+
+    def share(self, name: str, path: str, delta: nn.Parameter) -> None:
+        """Use another layer's ``delta`` for parameter ``path`` (the two base parameters are one)."""
+        owner, leaf = self.full_delta[name].node(path)
+        setattr(owner, leaf, delta)
+        self.shared[name].add(path)
+
+    def adapter_parameters(self, name: str) -> Iterator[nn.Parameter]:
+        yield from self.owned(name).values() if name in self.full_delta else ()
+
+    def adapter_state_dict(self, name: str) -> dict[str, torch.Tensor]:
+        if name not in self.full_delta:
+            return {}
+        return {f"full_delta.{k}": v.data for k, v in self.owned(name).items()}
+
+    def delete(self, name: str) -> None:
+        super().delete(name)
+        self.shared.pop(name, None)
+
+    # ---- merging ---------------------------------------------------------------------------------
+    def merge(self, names: list[str] | None = None) -> None:
+        """Add the deltas into the base parameters; merging an already merged adapter does nothing."""
+        for name in names if names is not None else self.active:
+            if name in self.merged or name not in self.full_delta:
+                continue
+            self._fold(name, 1.0)
+            self.merged.append(name)
+
+    def unmerge(self) -> None:
+        while self.merged:
+            self._fold(self.merged.pop(), -1.0)
+
+    def _fold(self, name: str, sign: float) -> None:
+        params = dict(self.base.named_parameters())
+        with torch.no_grad():
+            for path, delta in self.owned(name).items():
+                params[path].add_(delta.to(params[path].dtype), alpha=sign)
+
+    # ---- forward ---------------------------------------------------------------------------------
+    def effective_parameters(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """``W0 + sum of the deltas of names`` for every base parameter, in the base dtype."""
+        out: dict[str, torch.Tensor] = {}
+        deltas = [self.deltas(n) for n in names]
+        for path, p in self.base.named_parameters():
+            total = p
+            for d in deltas:
+                total = total + d[path]  # same shape as p
+            out[path] = total.to(p.dtype)
+        return out
+
+    def run(self, names: list[str], *args, **kwargs):
+        """The base module's forward with adapters ``names`` added to its parameters."""
+        if not names:
+            return self.base(*args, **kwargs)
+        return functional_call(self.base, self.effective_parameters(names), args, kwargs)
+
+    def forward(self, *args, **kwargs):
+        if self.disabled:
+            if self.merged:
+                raise AdapterError("adapters are merged into the base; unmerge_adapter() before disabling")
+            return self.base(*args, **kwargs)
+        if self.row_adapters is not None:
+            return self._mixed_forward(*args, **kwargs)
+        return self.run([n for n in self.active if n not in self.merged], *args, **kwargs)
+
+    def _mixed_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """Row ``i`` runs with adapter ``row_adapters[i]``. An input with a leading 1 (positions
+        shared by every row) is broadcast over the batch first; any other leading size is an error."""
+        rows = self.row_adapters
+        if x.shape[0] == 1 and len(rows) > 1:
+            x = x.expand(len(rows), *x.shape[1:])  # (B, ...)
+        if x.shape[0] != len(rows):
+            raise AdapterError(
+                f"adapter_names has {len(rows)} entries but {type(self.base).__name__} got an input with "
+                f"leading size {x.shape[0]}: a module fed a table shared by all rows (e.g. T5's relative "
+                "position bias) cannot give rows different adapters; leave it out with exclude_modules"
+            )
+        out = self.base(x, *args, **kwargs)
+        if not isinstance(out, torch.Tensor):
+            raise AdapterError(f"a mixed batch needs {type(self.base).__name__} to return one tensor")
+        out = out.clone()
+        for name in dict.fromkeys(rows):
+            if name == BASE_ROW or name not in self.full_delta:
+                continue
+            idx = torch.tensor([i for i, r in enumerate(rows) if r == name], device=x.device)
+            out[idx] = self.run([name], x[idx], *args, **kwargs).to(out.dtype)
+        return out
