@@ -120,3 +120,16 @@ def test_training_mode_does_not_merge():
     model.eval()
     model.train()
     assert not any(layer.merged for _, layer in model.layers())
+
+
+def test_mixed_batch_beam_search_equals_single_runs():
+    model = get_peft_model(build("llama"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    model.add_adapter("b", LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    perturb(model, "default", seed=1)
+    perturb(model, "b", seed=2)
+    inputs = make_inputs("llama", batch=2)
+    kw = {"max_new_tokens": 5, "do_sample": False, "num_beams": 3, "pad_token_id": 0}
+    mixed = model.generate(**inputs, adapter_names=["b", "default"], **kw)
+    for i, row in enumerate(["b", "default"]):
+        model.set_adapter(row)
+        assert torch.equal(mixed[i], model.generate(**inputs, **kw)[i])

@@ -154,9 +154,7 @@ class AdapterLayer(nn.Module):
 
     def _mixed_forward(self, out: torch.Tensor, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """Each row of the batch uses its own adapter (``row_adapters[i]``), or none."""
-        rows = self.row_adapters
-        if len(rows) != x.shape[0]:
-            raise AdapterError(f"adapter_names has {len(rows)} entries but the batch has {x.shape[0]} rows")
+        rows = rows_for_batch(self.row_adapters, x.shape[0])
         out = out.clone()
         for name in dict.fromkeys(rows):
             if name == BASE_ROW or name not in self.adapter_names():
@@ -164,6 +162,15 @@ class AdapterLayer(nn.Module):
             idx = torch.tensor([i for i, r in enumerate(rows) if r == name], device=x.device)
             out[idx] = out[idx] + self.adapter_delta(name, x[idx], *args, **kwargs).to(out.dtype)
         return out
+
+
+def rows_for_batch(rows: list[str], batch: int) -> list[str]:
+    """Per-row adapter names for a batch; beam search and ``num_return_sequences`` repeat each input
+    row k times in a row (``repeat_interleave``), so the names are repeated the same way."""
+    if batch % len(rows):
+        raise AdapterError(f"adapter_names has {len(rows)} entries but the batch has {batch} rows")
+    k = batch // len(rows)
+    return [r for r in rows for _ in range(k)]
 
 
 def adapter_layers(model: nn.Module) -> Iterator[tuple[str, AdapterLayer]]:

@@ -32,6 +32,7 @@ TASKS = {
     "seq-cls": "AutoModelForSequenceClassification",
     "base": "AutoModel",
     "seq2seq": "AutoModelForSeq2SeqLM",
+    "masked-lm": "AutoModelForMaskedLM",
 }
 _TRUE = {"1", "true", "yes", "on"}
 _OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .errors import AdapterError, TargetError
-from .layer import BASE_ROW, AdapterLayer
+from .layer import BASE_ROW, AdapterLayer, rows_for_batch
 from .registry import get_parent
 from .targeting import iter_modules, name_matches
 
@@ -67,7 +67,7 @@ class ModulesToSaveWrapper(AdapterLayer):
         return self._mixed(*args, **kwargs)
 
     def _mixed(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        rows = self.row_adapters
+        rows = rows_for_batch(self.row_adapters, x.shape[0])
         out = self.original_module(x, *args, **kwargs).clone()
         for name in dict.fromkeys(rows):
             if name == BASE_ROW or name not in self.modules_to_save:

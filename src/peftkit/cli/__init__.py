@@ -5,9 +5,21 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import eval as eval_cmd
+from . import export as export_cmd
+from . import generate as generate_cmd
 from . import inspect as inspect_cmd
+from . import merge as merge_cmd
+from . import train as train_cmd
 
-COMMANDS = {"inspect": inspect_cmd}
+COMMANDS = {
+    "train": train_cmd,
+    "eval": eval_cmd,
+    "generate": generate_cmd,
+    "merge": merge_cmd,
+    "export": export_cmd,
+    "inspect": inspect_cmd,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ...errors import ConfigError
-from ...layer import AdapterLayer
+from ...layer import AdapterLayer, rows_for_batch
 from .config import LoraConfig
 
 
@@ -96,7 +96,9 @@ class LoraLinear(AdapterLayer):
         if self.disabled:
             rows = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         elif self.row_adapters is not None:
-            rows = torch.tensor([r != name for r in self.row_adapters], device=x.device)
+            rows = torch.tensor(
+                [r != name for r in rows_for_batch(self.row_adapters, x.shape[0])], device=x.device
+            )
         else:
             rows = torch.full((x.shape[0],), name not in self.active, device=x.device)
         if not rows.any():

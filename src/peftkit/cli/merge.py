@@ -1,0 +1,39 @@
+"""Merge an adapter into its base model and write a plain transformers model directory
+(safetensors + config + tokenizer) that ``AutoModel*.from_pretrained`` loads with no peftkit."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+from .common import add_model_args, load_with_adapter
+
+HELP = "merge an adapter into its base and save a full transformers model"
+
+
+def add_parser(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    p.add_argument("--out", required=True, help="output directory (written atomically; must not exist)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.adapter:
+        raise ValueError("--adapter is required: the adapter folder to merge")
+    out = Path(args.out)
+    if out.exists():
+        raise ValueError(f"{out} exists; choose a new directory (nothing is overwritten)")
+    model, tok = load_with_adapter(args)
+    merged = model.merge_and_unload()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        merged.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"merged model written to {out}")
+    return 0

@@ -1,0 +1,70 @@
+"""Train an adapter. With no arguments: the main job (LoRA on the packaged SmolLM2-135M for a built-in
+extraction task, evaluated before and after). With ``--config run.yaml`` and/or ``--section.field``
+flags: any task, model and method (see peftkit.run_config for the YAML layout)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = "train an adapter (no arguments: the built-in demo on SmolLM2-135M)"
+
+
+def add_parser(p: argparse.ArgumentParser) -> None:
+    from ..run_config import flag_fields
+
+    p.add_argument(
+        "--config", help="run config YAML (sections: model, task, data, adapter, train, output_dir)"
+    )
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    p.add_argument("--output-dir", dest="output_dir", help="where the adapter, metrics and plot go")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo = p.add_argument_group("built-in demo (used when no --config and no section flags are given)")
+    demo.add_argument("--demo-steps", type=int, default=None, help="optimizer steps (default 60)")
+    demo.add_argument(
+        "--demo-train", type=int, default=None, help="generated training examples (default 2000)"
+    )
+    demo.add_argument("--demo-eval", type=int, default=None, help="held-out examples (default 64)")
+    for section, fields in flag_fields().items():
+        group = p.add_argument_group(f"{section} section (value parsed as YAML)")
+        for name, help_text in fields:
+            group.add_argument(
+                f"--{section}.{name}", dest=f"set:{section}.{name}", metavar="V", help=help_text
+            )
+
+
+def overrides(args: argparse.Namespace) -> dict[str, str]:
+    out = {k[4:]: v for k, v in vars(args).items() if k.startswith("set:") and v is not None}
+    if args.output_dir:
+        out["output_dir"] = args.output_dir
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    sets = overrides(args)
+    if not args.config and not {k for k in sets if k != "output_dir"}:
+        return _demo(args)
+    from ..pipeline import train_run
+    from ..run_config import apply_overrides, build_run_config, load_yaml
+
+    data = load_yaml(args.config) if args.config else {}
+    config = build_run_config(apply_overrides(data, sets))
+    summary = train_run(config, resume=args.resume, show_progress=not args.quiet)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ..demo import DemoSettings, run_demo
+
+    settings = DemoSettings(show_progress=not args.quiet)
+    for field, value in (
+        ("output_dir", args.output_dir),
+        ("max_steps", args.demo_steps),
+        ("n_train", args.demo_train),
+        ("n_eval", args.demo_eval),
+    ):
+        if value is not None:
+            setattr(settings, field, value)
+    run_demo(settings)
+    return 0

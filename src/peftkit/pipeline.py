@@ -1,0 +1,256 @@
+"""From a :class:`RunConfig` to a trained adapter: load, read, split, encode, wrap, train, save.
+
+Each task type brings its model head, its loss and its evaluation (``TASKS`` below); everything
+else is shared.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .data import Collator, TaskSpec, encode, read_records
+from .data.cloze import cloze_logits, cloze_loss, verbalizer_token_ids
+from .evaluation import accuracy, macro_f1
+from .model import PeftModel, get_peft_model
+from .run_config import RunConfig
+from .training import Trainer
+
+HEAD_NAMES = ("classifier", "score")
+
+
+@dataclass
+class Prepared:
+    model: nn.Module
+    tokenizer: object
+    spec: TaskSpec
+    train: list[dict]
+    eval: list[dict]
+    collate: Callable[[list[dict]], dict]
+    loss_fn: Callable
+    eval_fn: Callable[[nn.Module], dict[str, float]]
+
+
+def model_task(spec: TaskSpec) -> str:
+    if spec.type == "classification":
+        return "seq-cls"
+    if spec.type == "seq2seq":
+        return "seq2seq"
+    return "masked-lm" if spec.type == "cloze" and spec.model_kind == "masked" else "causal-lm"
+
+
+def load_base(run: RunConfig, spec: TaskSpec):
+    from .models import load_model
+
+    kwargs = {"num_labels": len(spec.label_list())} if spec.type == "classification" else {}
+    dtype = getattr(torch, run.model.dtype)
+    return load_model(run.model.name, task=model_task(spec), dtype=dtype, **kwargs)
+
+
+def read_split(run: RunConfig) -> tuple[list[dict], list[dict]]:
+    """Training and held-out records; with no eval file, a seeded split that keeps groups together."""
+    d, required = run.data, run.task.required_columns()
+    if d.hub:
+        from .data import load_hub_dataset
+
+        rows = load_hub_dataset(d.hub, d.hub_split)
+    elif d.train:
+        result = read_records(
+            d.train, format=d.format, columns=d.columns, delimiter=d.delimiter, required=required
+        )
+        if result.problems:
+            print(f"data: {result.summary()}")
+        rows = result.records
+    else:
+        raise ValueError("data.train: no training data; set data.train (a jsonl/csv/tsv file) or data.hub")
+    if d.eval:
+        held = read_records(
+            d.eval, format=d.format, columns=d.columns, delimiter=d.delimiter, required=required
+        )
+        train, held_rows = rows, held.records
+    else:
+        train, held_rows = _split(rows, d.eval_fraction, d.group_column, d.seed)
+    train = train[: d.limit] if d.limit else train
+    return train, (held_rows[: d.eval_limit] if d.eval_limit else held_rows)
+
+
+def _split(rows: list[dict], fraction: float, group: str | None, seed: int) -> tuple[list[dict], list[dict]]:
+    keys = list(dict.fromkeys(str(r.get(group)) if group else i for i, r in enumerate(rows)))
+    random.Random(seed).shuffle(keys)
+    held_keys = set(keys[: round(len(keys) * fraction)])
+    held = [r for i, r in enumerate(rows) if (str(r.get(group)) if group else i) in held_keys]
+    train = [r for i, r in enumerate(rows) if (str(r.get(group)) if group else i) not in held_keys]
+    rng = random.Random(seed + 1)
+    rng.shuffle(train)
+    return train, held
+
+
+def prepare(run: RunConfig, adapter_path: str | None = None, bare: bool = False) -> Prepared:
+    """Everything a run needs, with the adapter freshly added, loaded from ``adapter_path``, or none
+    (``bare``: the base model alone, e.g. zero-shot cloze)."""
+    train_rows, eval_rows = read_split(run)
+    spec = run.task.with_labels(train_rows) if run.task.type == "classification" else run.task
+    base, tok = load_base(run, spec)
+    train_enc, eval_enc = encode(train_rows, tok, spec), encode(eval_rows, tok, spec)
+    print(f"train: {train_enc.stats.summary()}\neval:  {eval_enc.stats.summary()}")
+    if bare:
+        model = base
+    elif adapter_path:
+        model = PeftModel.from_pretrained(base, adapter_path)
+    else:
+        model = get_peft_model(base, _with_head(run.adapter, base, spec))
+    loss_fn, eval_fn = TASKS[spec.type](model, tok, spec, eval_enc.examples, Collator(tok.pad_token_id))
+    return Prepared(
+        model, tok, spec, train_enc.examples, eval_enc.examples, Collator(tok.pad_token_id), loss_fn, eval_fn
+    )
+
+
+def _with_head(config, base: nn.Module, spec: TaskSpec):
+    """A new classification head trains in full with the adapter (peft does the same for SEQ_CLS)."""
+    if spec.type != "classification" or config.method == "full" or config.modules_to_save:
+        return config
+    heads = [n for n in HEAD_NAMES if isinstance(getattr(base, n, None), nn.Module)]
+    return replace(config, modules_to_save=heads) if heads else config
+
+
+def _batches(examples: list[dict], collate, size: int = 32):
+    for i in range(0, len(examples), size):
+        yield collate(examples[i : i + size])
+
+
+def _classification(model, tok, spec, examples, collate):
+    def eval_fn(m) -> dict[str, float]:
+        preds, labels, losses = [], [], []
+        for batch in _batches(examples, collate):
+            out = m(**batch)
+            losses.append(out.loss.item() * len(batch["labels"]))
+            preds += out.logits.argmax(-1).tolist()
+            labels += batch["labels"].tolist()
+        return _scores(preds, labels, sum(losses) / max(len(labels), 1))
+
+    return (lambda m, b: m(**b).loss), eval_fn
+
+
+def _cloze(model, tok, spec, examples, collate):
+    ids = verbalizer_token_ids(tok, spec)
+
+    def eval_fn(m) -> dict[str, float]:
+        preds, labels, losses = [], [], []
+        for batch in _batches(examples, collate):
+            logits = cloze_logits(m, batch, ids)  # (B, num_labels)
+            losses.append(nn.functional.cross_entropy(logits, batch["labels"], reduction="sum").item())
+            preds += logits.argmax(-1).tolist()
+            labels += batch["labels"].tolist()
+        return _scores(preds, labels, sum(losses) / max(len(labels), 1))
+
+    return (lambda m, b: cloze_loss(m, b, ids)), eval_fn
+
+
+def _seq2seq_nll(model: nn.Module, batch: dict) -> tuple[float, int]:
+    """Summed NLL of the target tokens and their count; decoder logits align with labels (no shift)."""
+    logits = model(**batch).logits.float()  # (B, T_target, V)
+    labels = batch["labels"]  # (B, T_target), -100 on padding
+    nll = nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum")
+    return nll.item(), int((labels != -100).sum())
+
+
+def _lm(model, tok, spec, examples, collate):
+    from .evaluation import batch_nll
+
+    nll_fn = _seq2seq_nll if spec.type == "seq2seq" else batch_nll
+
+    def eval_fn(m) -> dict[str, float]:
+        total = count = 0.0
+        for batch in _batches(examples, collate, 16):
+            nll, n = nll_fn(m, batch)
+            total, count = total + nll, count + n
+        loss = total / max(count, 1)
+        return {"eval_loss": loss, "eval_perplexity": float(torch.tensor(loss).exp())}
+
+    return (lambda m, b: m(**b).loss), eval_fn
+
+
+def _scores(preds: list[int], labels: list[int], loss: float) -> dict[str, float]:
+    return {
+        "eval_loss": loss,
+        "eval_accuracy": accuracy(preds, labels),
+        "eval_macro_f1": macro_f1(preds, labels),
+    }
+
+
+TASKS = {"classification": _classification, "cloze": _cloze, "sft": _lm, "seq2seq": _lm}
+
+
+def train_run(run: RunConfig, resume: bool = False, show_progress: bool = True) -> dict:
+    """Train, save the adapter, the run config, metrics.jsonl and the plot; return a summary."""
+    out = Path(run.output_dir)
+    p = prepare(run)
+    run = replace(run, task=p.spec)  # saved with its label set, so eval reads labels the same way
+    print(p.model.parameter_report())
+    if not p.eval and run.train.eval_every:
+        raise ValueError(
+            "train.eval_every is set but there is no held-out data (data.eval or data.eval_fraction)"
+        )
+    eval_fn = p.eval_fn if p.eval else None
+    trainer = Trainer(
+        p.model,
+        p.train,
+        p.collate,
+        run.train,
+        out,
+        eval_fn=eval_fn,
+        loss_fn=p.loss_fn,
+        show_progress=show_progress,
+    )
+    result = trainer.train(resume=resume)
+    run.save(out / "run.yaml")
+    p.model.save_pretrained(out / "adapter")
+    plot = None
+    try:
+        from .plotting import plot_metrics
+
+        plot = str(plot_metrics(out / "metrics.jsonl", out / "training.png"))
+    except ImportError as err:
+        print(f"no plot: {err}")
+    final = [r for r in result.history if any(k.startswith("eval_") for k in r)]
+    return {
+        "steps": result.steps,
+        "train_s": round(result.wall_s, 1),
+        "final": final[-1] if final else None,
+        "best": result.best,
+        "adapter": str(out / "adapter"),
+        "plot": plot,
+        "report": str(p.model.parameter_report()),
+    }
+
+
+def generation_scores(p: Prepared, run: RunConfig, max_new_tokens: int) -> dict[str, float]:
+    """Decode the held-out prompts; exact match and BLEU against every reference sharing the input."""
+    from .data import sft_prompt
+    from .evaluation import bleu, exact_match, group_references
+    from .generation import generate_texts
+
+    spec = p.spec
+    if spec.type not in ("sft", "seq2seq"):
+        raise ValueError(f"--generate applies to sft and seq2seq tasks, not {spec.type}")
+    src, tgt = (
+        (spec.prompt_column, spec.response_column)
+        if spec.type == "sft"
+        else (spec.source_column, spec.target_column)
+    )
+    _, eval_rows = read_split(run)
+    inputs, refs = group_references([str(r[src]) for r in eval_rows], [str(r[tgt]) for r in eval_rows])
+    prompts = (
+        [sft_prompt(p.tokenizer, x, spec.system_prompt) for x in inputs] if spec.type == "sft" else inputs
+    )
+    hyps = [h.strip() for h in generate_texts(p.model, p.tokenizer, prompts, max_new_tokens=max_new_tokens)]
+    return {
+        "eval_exact_match": exact_match(hyps, refs),
+        "eval_bleu": bleu(hyps, refs),
+        "eval_inputs": len(inputs),
+    }

@@ -1,0 +1,196 @@
+"""A training run as one YAML file (every field also settable by a ``--section.field`` flag).
+
+model:   {name: minilm-l6}
+task:    {type: classification, text_column: sentence, label_column: label, max_length: 64}
+data:    {train: sst2/train.tsv, eval_fraction: 0.1, limit: 8000}
+adapter: {method: lora, r: 8, target_modules: [query, value]}
+train:   {lr: 5.0e-4, epochs: 1, batch_size: 32}
+output_dir: runs/sst2-lora
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import check_choice, check_range
+from .data import TaskSpec
+from .errors import ConfigError
+from .registry import config_from_dict, get_method
+from .training import TrainConfig
+
+DTYPES = ("float32", "bfloat16")
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, but ``5e-4`` is a float as in YAML 1.2 (YAML 1.1 needs ``5.0e-4``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text to Python values (safe; exponent floats without a dot are floats)."""
+    return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader: no arbitrary objects
+
+
+@dataclass
+class ModelSection:
+    """Args: name: packaged name, local directory or hub id. dtype: weights' dtype."""
+
+    name: str = "smollm2-135m"
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        check_choice("model.dtype", self.dtype, DTYPES)
+
+
+@dataclass
+class DataSection:
+    """Args:
+    train: training file (jsonl/csv/tsv). hub: a hub data set name instead (needs `datasets` + network).
+    eval: held-out file; without it ``eval_fraction`` of train is held out.
+    group_column: keep rows sharing this column's value on one side of the split (e.g. E2E's ``mr``).
+    format / delimiter / columns: reader options (columns renames source -> task column).
+    limit: use at most this many training rows (0: all). seed: seeds the split.
+    """
+
+    train: str | None = None
+    hub: str | None = None
+    hub_split: str = "train"
+    eval: str | None = None
+    eval_fraction: float = 0.1
+    group_column: str | None = None
+    format: str | None = None
+    delimiter: str | None = None
+    columns: dict[str, str] = field(default_factory=dict)
+    limit: int = 0
+    eval_limit: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_range("data.eval_fraction", self.eval_fraction, 0.0, 1.0)
+        if self.limit < 0 or self.eval_limit < 0:
+            raise ConfigError("data.limit", "must be >= 0")
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelSection,
+    "task": TaskSpec,
+    "data": DataSection,
+    "train": TrainConfig,
+}
+
+
+@dataclass
+class RunConfig:
+    model: ModelSection
+    task: TaskSpec
+    data: DataSection
+    adapter: Any  # a PeftConfig of the chosen method
+    train: TrainConfig
+    output_dir: str = "runs/run"
+
+    def to_dict(self) -> dict[str, Any]:
+        adapter = {"method": self.adapter.method, **self.adapter.to_dict()}
+        out = {k: dataclasses.asdict(getattr(self, k)) for k in SECTIONS}
+        return {**out, "adapter": adapter, "output_dir": self.output_dir}
+
+    def save(self, path: str | Path) -> None:
+        from .io import atomic_write_text
+
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _section(name: str, cls: type, data: Any) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(name, f"must be a mapping of fields, got {data!r}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{name}.{unknown[0]}", f"unknown field; allowed: {sorted(known)}")
+    try:
+        return cls(**data)
+    except TypeError as err:
+        raise ConfigError(name, str(err)) from err
+    except ConfigError as err:
+        raise ConfigError(
+            err.field if err.field.startswith(name) else f"{name}.{err.field}", str(err).split(": ", 1)[-1]
+        ) from err
+
+
+def build_run_config(data: dict[str, Any]) -> RunConfig:
+    """Validate a parsed run config; errors name the section and field."""
+    allowed = {*SECTIONS, "adapter", "output_dir"}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(unknown[0], f"unknown section; allowed: {sorted(allowed)}")
+    if "type" not in (data.get("task") or {}):
+        raise ConfigError("task.type", "missing; one of ['classification', 'cloze', 'sft', 'seq2seq']")
+    sections = {name: _section(name, cls, data.get(name)) for name, cls in SECTIONS.items()}
+    adapter = dict(data.get("adapter") or {"method": "lora", "target_modules": "all-linear"})
+    try:
+        adapter_config = config_from_dict(adapter)
+    except ConfigError as err:
+        raise ConfigError(f"adapter.{err.field}", str(err).split(": ", 1)[-1]) from err
+    return RunConfig(adapter=adapter_config, output_dir=str(data.get("output_dir", "runs/run")), **sections)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("--config", f"{path} does not exist")
+    try:
+        data = parse_yaml(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError("--config", f"{path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError("--config", f"{path} must hold a mapping of sections")
+    return data
+
+
+def flag_fields() -> dict[str, list[tuple[str, str]]]:
+    """Every settable field per section, with its help text, for building ``--section.field`` flags."""
+    from .registry import list_methods
+
+    out = {
+        name: [(f.name, _help(cls, f.name)) for f in dataclasses.fields(cls)]
+        for name, cls in SECTIONS.items()
+    }
+    adapter: dict[str, str] = {"method": f"adapter method, one of {list_methods()}"}
+    for method in list_methods():
+        for f in dataclasses.fields(get_method(method).config_class):
+            adapter.setdefault(f.name, f"{method} config field")
+    out["adapter"] = sorted(adapter.items())
+    return out
+
+
+def _help(cls: type, name: str) -> str:
+    default = {f.name: f for f in dataclasses.fields(cls)}[name]
+    value = default.default if default.default is not dataclasses.MISSING else "(empty)"
+    return f"{cls.__name__}.{name} (default: {value})"
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, str]) -> dict[str, Any]:
+    """Set ``section.field`` values (YAML-parsed: ``8`` is an int, ``[a, b]`` a list) on top of a config."""
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for key, raw in overrides.items():
+        value = parse_yaml(raw) if isinstance(raw, str) else raw
+        if key == "output_dir":
+            data["output_dir"] = value
+            continue
+        section, _, name = key.partition(".")
+        data.setdefault(section, {})
+        data[section] = {**(data[section] or {}), name: value}
+    return data

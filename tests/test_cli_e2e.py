@@ -1,0 +1,496 @@
+"""Every task type end to end through the command line, as a user runs it: tiny random models saved
+with the tiny tokenizer into one folder, `peftkit train/eval/generate/merge/export` as subprocesses,
+exit codes and messages checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+import yaml
+from tiny_tokenizer import tiny_tokenizer
+
+import peftkit
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+RUN_FILES = ("adapter/adapter_config.json", "metrics.jsonl", "training.png", "run.yaml")
+STEPS = ["--train.max_steps", "3", "--train.batch_size", "4", "--quiet"]
+
+SENTIMENT = [
+    ("the movie was great", 1),
+    ("a wonderful film", 1),
+    ("i loved the acting", 1),
+    ("the story was fun and funny", 1),
+    ("very good plot", 1),
+    ("quite fine film", 1),
+    ("the movie was terrible", 0),
+    ("an awful film", 0),
+    ("i hated the acting", 0),
+    ("the story was boring and dull", 0),
+    ("very bad plot", 0),
+    ("not good", 0),
+]
+QA = [
+    ("what is the capital of france ?", "paris"),
+    ("what is the capital of germany ?", "berlin"),
+    ("say hello", "hello world"),
+    ("who are you ?", "a helpful assistant"),
+    ("is the cat red ?", "no , the cat is blue"),
+    ("where is the dog ?", "the dog sat on the mat"),
+    ("is the food good ?", "yes , very good"),
+    ("name a city", "paris"),
+]
+TRANSLATION = [
+    ("translate to german : the cat", "the cat"),
+    ("translate to german : the dog", "the dog"),
+    ("translate to english : a red house", "a red house"),
+    ("translate to english : a blue house", "a blue house"),
+    ("translate to german : the mat", "the mat"),
+    ("translate to english : the cat sat", "the cat sat"),
+    ("translate to german : hello world", "hello world"),
+    ("translate to english : the pub", "the pub"),
+]
+
+
+def peftkit_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "peftkit", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        input=stdin,
+        env=ENV,
+    )
+
+
+def ok(out: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert out.returncode == 0, f"exit {out.returncode}\nstdout:\n{out.stdout}\nstderr:\n{out.stderr}"
+    return out
+
+
+def fails(out: subprocess.CompletedProcess, command: str, *needles: str) -> str:
+    """A clean failure: exit 2, one ``peftkit <command>: error:`` line naming the problem, no traceback."""
+    assert out.returncode == 2, f"exit {out.returncode}\nstdout:\n{out.stdout}\nstderr:\n{out.stderr}"
+    assert f"peftkit {command}: error:" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    for needle in needles:
+        assert needle in out.stderr, f"{needle!r} not in:\n{out.stderr}"
+    return out.stderr
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def json_out(out: subprocess.CompletedProcess) -> dict:
+    """The JSON object a command prints last (after the data and encoding summary lines)."""
+    lines = out.stdout.splitlines()
+    return json.loads("\n".join(lines[lines.index("{") :]))
+
+
+# --- tiny models saved with the tiny tokenizer --------------------------------------------------
+
+
+def _save(model: torch.nn.Module, tok, path: Path) -> Path:
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def _ids(tok) -> dict[str, int]:
+    return {"vocab_size": len(tok), "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id}
+
+
+def save_llama(path: Path) -> Path:
+    tok = tiny_tokenizer(chat_template=True, bos=True)
+    cfg = transformers.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=tok.bos_token_id,
+        **_ids(tok),
+    )
+    torch.manual_seed(0)
+    return _save(transformers.LlamaForCausalLM(cfg), tok, path)
+
+
+def save_bert(path: Path) -> Path:
+    tok = tiny_tokenizer()
+    cfg = transformers.BertConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+        **_ids(tok),
+    )
+    torch.manual_seed(0)
+    return _save(transformers.BertModel(cfg), tok, path)
+
+
+def save_t5(path: Path) -> Path:
+    tok = tiny_tokenizer()
+    cfg = transformers.T5Config(
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        decoder_start_token_id=tok.pad_token_id,
+        **_ids(tok),
+    )
+    torch.manual_seed(0)
+    return _save(transformers.T5ForConditionalGeneration(cfg), tok, path)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="module")
+def llama_dir(root) -> Path:
+    return save_llama(root / "llama")
+
+
+@pytest.fixture(scope="module")
+def bert_dir(root) -> Path:
+    return save_bert(root / "bert")
+
+
+@pytest.fixture(scope="module")
+def t5_dir(root) -> Path:
+    return save_t5(root / "t5")
+
+
+@pytest.fixture(scope="module")
+def sentiment(root) -> Path:
+    return write_jsonl(root / "sentiment.jsonl", [{"text": t, "label": y} for t, y in SENTIMENT])
+
+
+@pytest.fixture(scope="module")
+def qa(root) -> Path:
+    return write_jsonl(root / "qa.jsonl", [{"prompt": p, "response": r} for p, r in QA])
+
+
+# --- trained runs, one per task type (shared by the eval/generate/merge/export tests) -----------
+
+
+def train(root: Path, name: str, config: dict, *flags: str) -> Path:
+    out = root / "runs" / name
+    cfg = write_yaml(root / f"{name}.yaml", config)
+    ok(peftkit_cli("train", "--config", cfg, "--output-dir", out, *STEPS, *flags))
+    return out
+
+
+@pytest.fixture(scope="module")
+def cls_run(root, bert_dir, sentiment) -> Path:
+    config = {
+        "model": {"name": str(bert_dir)},
+        "task": {"type": "classification", "max_length": 32},
+        "data": {"train": str(sentiment), "eval_fraction": 0.25},
+        "adapter": {"method": "lora", "r": 2, "target_modules": ["query", "value"]},
+        "train": {"lr": 1e-3},
+    }
+    return train(root, "cls", config, "--adapter.r", "4", "--train.lr", "5e-3")
+
+
+@pytest.fixture(scope="module")
+def cloze_run(root, llama_dir, sentiment) -> Path:
+    config = {
+        "model": {"name": str(llama_dir)},
+        "task": {
+            "type": "cloze",
+            "template": "{text} It was {mask}.",
+            "verbalizer": {0: "terrible", 1: "great"},
+            "max_length": 32,
+        },
+        "data": {"train": str(sentiment), "eval_fraction": 0.25},
+        "adapter": {"method": "lora", "r": 2, "target_modules": ["q_proj", "v_proj"]},
+    }
+    return train(root, "cloze", config, "--adapter.lora_alpha", "4")
+
+
+@pytest.fixture(scope="module")
+def sft_run(root, llama_dir, qa) -> Path:
+    config = {
+        "model": {"name": str(llama_dir)},
+        "task": {"type": "sft", "max_length": 48},
+        "data": {"train": str(qa), "eval_fraction": 0.25},
+        "adapter": {"method": "lora", "r": 4, "target_modules": "all-linear"},
+    }
+    return train(root, "sft", config, "--train.lr", "1e-2")
+
+
+@pytest.fixture(scope="module")
+def seq2seq_run(root, t5_dir) -> Path:
+    data = write_jsonl(root / "translation.jsonl", [{"source": s, "target": t} for s, t in TRANSLATION])
+    config = {
+        "model": {"name": str(t5_dir)},
+        "task": {"type": "seq2seq", "max_length": 32},
+        "data": {"train": str(data), "eval_fraction": 0.25},
+        "adapter": {"method": "lora", "r": 2, "target_modules": "all-linear"},
+    }
+    return train(root, "seq2seq", config)
+
+
+@pytest.fixture(scope="module")
+def full_run(root, llama_dir, qa) -> Path:
+    config = {
+        "model": {"name": str(llama_dir)},
+        "task": {"type": "sft", "max_length": 48},
+        "data": {"train": str(qa), "eval_fraction": 0.25},
+        "adapter": {"method": "full"},
+    }
+    return train(root, "full", config, "--adapter.target_modules", "[q_proj]")
+
+
+# --- 1. train ------------------------------------------------------------------------------------
+
+
+def _has_run_files(run: Path) -> dict:
+    for name in RUN_FILES:
+        assert (run / name).is_file(), f"{name} missing in {sorted(p.name for p in run.iterdir())}"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows and rows[-1]["step"] == 3
+    return yaml.safe_load((run / "run.yaml").read_text())
+
+
+def test_train_classification_with_automatic_head(cls_run):
+    saved = _has_run_files(cls_run)
+    assert saved["adapter"]["r"] == 4 and saved["train"]["lr"] == 5e-3  # flags override the YAML
+    assert saved["task"]["labels"] == [0, 1]
+    assert (
+        "classifier" in json.loads((cls_run / "adapter/adapter_config.json").read_text())["modules_to_save"]
+    )
+
+
+def test_train_cloze_on_causal_lm(cloze_run):
+    saved = _has_run_files(cloze_run)
+    assert saved["adapter"]["lora_alpha"] == 4 and saved["task"]["type"] == "cloze"
+
+
+def test_train_sft_with_chat_template(sft_run):
+    assert _has_run_files(sft_run)["train"]["lr"] == 1e-2
+
+
+def test_train_seq2seq(seq2seq_run):
+    assert _has_run_files(seq2seq_run)["task"]["type"] == "seq2seq"
+
+
+def test_train_full_method(full_run):
+    saved = _has_run_files(full_run)
+    assert saved["adapter"]["method"] == "full" and saved["adapter"]["target_modules"] == ["q_proj"]
+
+
+# --- 2. eval -------------------------------------------------------------------------------------
+
+
+def test_eval_classification_prints_accuracy(cls_run):
+    metrics = json_out(ok(peftkit_cli("eval", "--run", cls_run)))
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0 and "eval_macro_f1" in metrics
+    assert metrics["adapter"] == str(cls_run / "adapter")
+
+
+def test_eval_cloze_zero_shot_base(cloze_run, tmp_path):
+    out = ok(peftkit_cli("eval", "--run", cloze_run, "--base", "--out", tmp_path / "m.json"))
+    metrics = json_out(out)
+    assert metrics["adapter"] == "(base model)" and 0.0 <= metrics["eval_accuracy"] <= 1.0
+    assert json.loads((tmp_path / "m.json").read_text()) == metrics
+
+
+def test_eval_sft_loss(sft_run):
+    metrics = json_out(ok(peftkit_cli("eval", "--run", sft_run)))
+    assert metrics["eval_loss"] > 0 and metrics["eval_perplexity"] > 1
+
+
+def test_eval_sft_generate_scores_bleu_and_exact_match(sft_run):
+    metrics = json_out(ok(peftkit_cli("eval", "--run", sft_run, "--generate", "--max-new-tokens", "4")))
+    assert 0.0 <= metrics["eval_exact_match"] <= 1.0 and metrics["eval_bleu"] >= 0.0
+    assert metrics["eval_inputs"] == 2
+
+
+def test_eval_needs_run_or_config():
+    fails(peftkit_cli("eval"), "eval", "--run")
+
+
+# --- 3. generate ---------------------------------------------------------------------------------
+
+
+def test_generate_from_argument_and_stdin(llama_dir, sft_run):
+    args = ("generate", "--model", llama_dir, "--adapter", sft_run / "adapter", "--max-new-tokens", "5")
+    from_arg = ok(peftkit_cli(*args, "what is the capital of france ?"))
+    from_stdin = ok(peftkit_cli(*args, stdin="what is the capital of france ?\n"))
+    assert from_arg.stdout.strip() and from_stdin.stdout.strip()
+    # greedy: the trailing newline of stdin is inside the chat message, the first word may differ; both decode
+    raw = ok(peftkit_cli(*args, "--raw", "the movie was"))
+    assert raw.stdout.strip()
+
+
+def test_generate_empty_stdin_is_an_error(llama_dir):
+    fails(peftkit_cli("generate", "--model", llama_dir, stdin="  \n"), "generate", "empty prompt")
+
+
+# --- 4. merge ------------------------------------------------------------------------------------
+
+
+def _llama_inputs() -> dict[str, torch.Tensor]:
+    ids = torch.tensor([[4, 8, 11, 17, 29, 89], [4, 19, 17, 30, 89, 1]])
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def test_merge_gives_a_plain_transformers_model(llama_dir, sft_run, root):
+    out = root / "merged"
+    ok(peftkit_cli("merge", "--model", llama_dir, "--adapter", sft_run / "adapter", "--out", out))
+    merged = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert transformers.AutoTokenizer.from_pretrained(out).chat_template
+    base = transformers.AutoModelForCausalLM.from_pretrained(llama_dir)
+    adapted = peftkit.PeftModel.from_pretrained(base, sft_run / "adapter").eval()
+    with torch.no_grad():
+        expected, got = adapted(**_llama_inputs()).logits, merged(**_llama_inputs()).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_merge_into_existing_dir_is_refused(llama_dir, sft_run, tmp_path):
+    out = tmp_path / "exists"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    args = ("merge", "--model", llama_dir, "--adapter", sft_run / "adapter", "--out", out)
+    fails(peftkit_cli(*args), "merge", "exists")
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".exists")]
+
+
+def test_merge_needs_adapter(llama_dir, tmp_path):
+    fails(peftkit_cli("merge", "--model", llama_dir, "--out", tmp_path / "m"), "merge", "--adapter")
+
+
+# --- 5. export -----------------------------------------------------------------------------------
+
+
+def test_export_peft_loads_in_peft_with_identical_logits(llama_dir, sft_run, tmp_path):
+    peft = pytest.importorskip("peft")
+    out = tmp_path / "peft"
+    ok(peftkit_cli("export", sft_run / "adapter", "--format", "peft", "--out", out))
+    ours = peftkit.PeftModel.from_pretrained(
+        transformers.AutoModelForCausalLM.from_pretrained(llama_dir), sft_run / "adapter"
+    ).eval()
+    theirs = peft.PeftModel.from_pretrained(
+        transformers.AutoModelForCausalLM.from_pretrained(llama_dir), out
+    ).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            theirs(**_llama_inputs()).logits, ours(**_llama_inputs()).logits, atol=0, rtol=0
+        )
+
+
+def test_export_full_adapter_has_no_peft_equivalent(full_run, tmp_path):
+    out = tmp_path / "peft"
+    fails(
+        peftkit_cli("export", full_run / "adapter", "--format", "peft", "--out", out),
+        "export",
+        "no equivalent in peft",
+    )
+    assert not out.exists()
+
+
+def test_export_missing_adapter_is_a_clear_error(tmp_path):
+    out = peftkit_cli("export", tmp_path / "nope", "--format", "peft", "--out", tmp_path / "o")
+    fails(out, "export", "nope")
+
+
+# --- 6. errors -----------------------------------------------------------------------------------
+
+
+def _config(llama_dir: Path, data: Path, **sections) -> dict:
+    base = {
+        "model": {"name": str(llama_dir)},
+        "task": {"type": "sft", "max_length": 48},
+        "data": {"train": str(data)},
+        "adapter": {"method": "lora", "r": 2, "target_modules": ["q_proj"]},
+    }
+    return {**base, **sections}
+
+
+def test_unknown_section_and_field_are_named_with_allowed_values(llama_dir, qa, tmp_path):
+    cfg = write_yaml(tmp_path / "a.yaml", {**_config(llama_dir, qa), "optimiser": {"lr": 1}})
+    fails(peftkit_cli("train", "--config", cfg), "train", "optimiser", "unknown section", "'train'")
+    cfg = write_yaml(tmp_path / "b.yaml", _config(llama_dir, qa, train={"learning_rate": 1e-3}))
+    fails(peftkit_cli("train", "--config", cfg), "train", "train.learning_rate", "unknown field", "'lr'")
+    fails(peftkit_cli("train", "--config", cfg.with_name("a.yaml"), "--adapter.rank", "4"), "train")
+
+
+def test_unknown_adapter_field_is_named(llama_dir, qa, tmp_path):
+    cfg = write_yaml(tmp_path / "c.yaml", _config(llama_dir, qa, adapter={"method": "lora", "rank": 4}))
+    fails(peftkit_cli("train", "--config", cfg), "train", "adapter.rank", "'r'")
+
+
+def test_bad_value_names_allowed_values(llama_dir, qa, tmp_path):
+    cfg = write_yaml(tmp_path / "c.yaml", _config(llama_dir, qa))
+    err = fails(peftkit_cli("train", "--config", cfg, "--train.schedule", "exp"), "train", "train.schedule")
+    assert "'exp'" in err and "'cosine'" in err and "'linear'" in err
+    err = fails(peftkit_cli("train", "--config", cfg, "--task.type", "ner"), "train", "task.type", "'sft'")
+
+
+def test_missing_task_type(llama_dir, qa, tmp_path):
+    cfg = write_yaml(tmp_path / "c.yaml", _config(llama_dir, qa, task={"max_length": 8}))
+    fails(peftkit_cli("train", "--config", cfg), "train", "task.type", "missing", "'classification'")
+
+
+def test_missing_config_and_data_files(llama_dir, tmp_path):
+    fails(peftkit_cli("train", "--config", tmp_path / "none.yaml"), "train", "none.yaml")
+    cfg = write_yaml(tmp_path / "c.yaml", _config(llama_dir, tmp_path / "absent.jsonl"))
+    fails(peftkit_cli("train", "--config", cfg), "train", "absent.jsonl", "no such file")
+
+
+def test_malformed_rows_are_skipped_and_reported_by_line(llama_dir, tmp_path):
+    rows = [json.dumps({"prompt": p, "response": r}) for p, r in QA]
+    lines = [*rows[:2], '{"prompt": "broken', "", *rows[2:]]  # lines 3 and 4 are bad
+    data = tmp_path / "messy.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    cfg = write_yaml(tmp_path / "c.yaml", _config(llama_dir, data))
+    out = ok(peftkit_cli("train", "--config", cfg, "--output-dir", tmp_path / "run", *STEPS))
+    assert "skipped 2 bad rows (lines 3, 4" in out.stdout
+    assert (tmp_path / "run/adapter/adapter_config.json").is_file()
+
+
+def test_all_rows_bad_is_an_error(llama_dir, tmp_path):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"prompt": "x"\n\n[1, 2]\n')
+    cfg = write_yaml(tmp_path / "c.yaml", _config(llama_dir, data))
+    fails(
+        peftkit_cli("train", "--config", cfg, "--output-dir", tmp_path / "run"), "train", "every row is bad"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_without_checkpoint(llama_dir, qa, tmp_path):
+    cfg = write_yaml(tmp_path / "c.yaml", _config(llama_dir, qa))
+    args = ("train", "--config", cfg, "--output-dir", tmp_path / "run", "--resume", *STEPS)
+    fails(peftkit_cli(*args), "train", "--resume", "no complete checkpoint")
+
+
+# --- 7. help -------------------------------------------------------------------------------------
+
+
+def test_train_help_lists_every_option():
+    out = ok(peftkit_cli("train", "--help")).stdout
+    for flag in ("--config", "--resume", "--output-dir", "--train.lr", "--adapter.r", "--data.train"):
+        assert flag in out
+    for flag in ("--task.template", "--task.verbalizer", "--adapter.method", "--model.name"):
+        assert flag in out
