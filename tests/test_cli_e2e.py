@@ -75,7 +75,7 @@ def ok(out: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 
 def fails(out: subprocess.CompletedProcess, command: str, *needles: str) -> str:
-    """A clean failure: exit 2, one ``peftkit <command>: error:`` line naming the problem, no traceback."""
+    """A clean failure: exit 2, a ``peftkit <command>: error:`` line naming the problem, no traceback."""
     assert out.returncode == 2, f"exit {out.returncode}\nstdout:\n{out.stdout}\nstderr:\n{out.stderr}"
     assert f"peftkit {command}: error:" in out.stderr and "Traceback" not in out.stderr, out.stderr
     for needle in needles:
@@ -191,9 +191,13 @@ def qa(root) -> Path:
 # --- trained runs, one per task type (shared by the eval/generate/merge/export tests) -----------
 
 
-def train(root: Path, name: str, config: dict, *flags: str) -> Path:
+def train(root: Path, name: str, config: dict | str, *flags: str) -> Path:
     out = root / "runs" / name
-    cfg = write_yaml(root / f"{name}.yaml", config)
+    cfg = root / f"{name}.yaml"
+    if isinstance(config, str):
+        cfg.write_text(config)
+    else:
+        write_yaml(cfg, config)
     ok(peftkit_cli("train", "--config", cfg, "--output-dir", out, *STEPS, *flags))
     return out
 
@@ -240,12 +244,13 @@ def sft_run(root, llama_dir, qa) -> Path:
 @pytest.fixture(scope="module")
 def seq2seq_run(root, t5_dir) -> Path:
     data = write_jsonl(root / "translation.jsonl", [{"source": s, "target": t} for s, t in TRANSLATION])
-    config = {
-        "model": {"name": str(t5_dir)},
-        "task": {"type": "seq2seq", "max_length": 32},
-        "data": {"train": str(data), "eval_fraction": 0.25},
-        "adapter": {"method": "lora", "r": 2, "target_modules": "all-linear"},
-    }
+    config = f"""# written by hand: `lr: 1e-3` (no dot) must read as a float, as YAML 1.2 has it
+model: {{name: {t5_dir}}}
+task: {{type: seq2seq, max_length: 32}}
+data: {{train: {data}, eval_fraction: 0.25}}
+adapter: {{method: lora, r: 2, target_modules: all-linear}}
+train: {{lr: 1e-3}}
+"""
     return train(root, "seq2seq", config)
 
 
@@ -254,7 +259,7 @@ def full_run(root, llama_dir, qa) -> Path:
     config = {
         "model": {"name": str(llama_dir)},
         "task": {"type": "sft", "max_length": 48},
-        "data": {"train": str(qa), "eval_fraction": 0.25},
+        "data": {"train": str(qa), "eval_fraction": 0.0},  # nothing held out: trains without evaluating
         "adapter": {"method": "full"},
     }
     return train(root, "full", config, "--adapter.target_modules", "[q_proj]")
@@ -290,12 +295,17 @@ def test_train_sft_with_chat_template(sft_run):
 
 
 def test_train_seq2seq(seq2seq_run):
-    assert _has_run_files(seq2seq_run)["task"]["type"] == "seq2seq"
+    saved = _has_run_files(seq2seq_run)
+    assert saved["task"]["type"] == "seq2seq" and saved["train"]["lr"] == 1e-3
+    final = json.loads((seq2seq_run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0 < final["eval_loss"] < 10  # the vocabulary has 100 tokens: ln(100) = 4.6 at random
 
 
-def test_train_full_method(full_run):
+def test_train_full_method_without_held_out_data(full_run):
     saved = _has_run_files(full_run)
     assert saved["adapter"]["method"] == "full" and saved["adapter"]["target_modules"] == ["q_proj"]
+    assert not any("eval_loss" in line for line in (full_run / "metrics.jsonl").read_text().splitlines())
+    fails(peftkit_cli("eval", "--run", full_run), "eval", "no held-out data")
 
 
 # --- 2. eval -------------------------------------------------------------------------------------
@@ -325,8 +335,14 @@ def test_eval_sft_generate_scores_bleu_and_exact_match(sft_run):
     assert metrics["eval_inputs"] == 2
 
 
-def test_eval_needs_run_or_config():
+def test_eval_seq2seq_generate(seq2seq_run):
+    metrics = json_out(ok(peftkit_cli("eval", "--run", seq2seq_run, "--generate", "--max-new-tokens", "4")))
+    assert metrics["eval_loss"] > 0 and metrics["eval_bleu"] >= 0.0 and metrics["eval_inputs"] == 2
+
+
+def test_eval_needs_a_run_folder(tmp_path):
     fails(peftkit_cli("eval"), "eval", "--run")
+    fails(peftkit_cli("eval", "--run", tmp_path), "eval", "has no run.yaml")
 
 
 # --- 3. generate ---------------------------------------------------------------------------------
@@ -335,15 +351,18 @@ def test_eval_needs_run_or_config():
 def test_generate_from_argument_and_stdin(llama_dir, sft_run):
     args = ("generate", "--model", llama_dir, "--adapter", sft_run / "adapter", "--max-new-tokens", "5")
     from_arg = ok(peftkit_cli(*args, "what is the capital of france ?"))
-    from_stdin = ok(peftkit_cli(*args, stdin="what is the capital of france ?\n"))
-    assert from_arg.stdout.strip() and from_stdin.stdout.strip()
-    # greedy: the trailing newline of stdin is inside the chat message, the first word may differ; both decode
-    raw = ok(peftkit_cli(*args, "--raw", "the movie was"))
-    assert raw.stdout.strip()
+    from_stdin = ok(peftkit_cli(*args, stdin="what is the capital of france ?\n"))  # as `echo ... |`
+    assert from_arg.stdout.strip() and from_stdin.stdout == from_arg.stdout  # greedy: the same text
+    assert ok(peftkit_cli(*args, "--raw", "the movie was")).stdout.strip()
 
 
 def test_generate_empty_stdin_is_an_error(llama_dir):
     fails(peftkit_cli("generate", "--model", llama_dir, stdin="  \n"), "generate", "empty prompt")
+
+
+def test_model_dir_without_weights_is_a_clear_error(llama_dir, tmp_path):
+    (tmp_path / "config.json").write_text((llama_dir / "config.json").read_text())
+    fails(peftkit_cli("generate", "--model", tmp_path, "hello"), "generate", "model.safetensors")
 
 
 # --- 4. merge ------------------------------------------------------------------------------------
@@ -432,7 +451,11 @@ def test_unknown_section_and_field_are_named_with_allowed_values(llama_dir, qa, 
     fails(peftkit_cli("train", "--config", cfg), "train", "optimiser", "unknown section", "'train'")
     cfg = write_yaml(tmp_path / "b.yaml", _config(llama_dir, qa, train={"learning_rate": 1e-3}))
     fails(peftkit_cli("train", "--config", cfg), "train", "train.learning_rate", "unknown field", "'lr'")
-    fails(peftkit_cli("train", "--config", cfg.with_name("a.yaml"), "--adapter.rank", "4"), "train")
+    # no flag abbreviations: --adapter.rank is not taken for --adapter.rank_pattern
+    out = peftkit_cli(
+        "train", "--config", write_yaml(tmp_path / "c.yaml", _config(llama_dir, qa)), "--adapter.rank", "4"
+    )
+    assert out.returncode == 2 and "unrecognized arguments: --adapter.rank" in out.stderr
 
 
 def test_unknown_adapter_field_is_named(llama_dir, qa, tmp_path):
@@ -444,7 +467,22 @@ def test_bad_value_names_allowed_values(llama_dir, qa, tmp_path):
     cfg = write_yaml(tmp_path / "c.yaml", _config(llama_dir, qa))
     err = fails(peftkit_cli("train", "--config", cfg, "--train.schedule", "exp"), "train", "train.schedule")
     assert "'exp'" in err and "'cosine'" in err and "'linear'" in err
-    err = fails(peftkit_cli("train", "--config", cfg, "--task.type", "ner"), "train", "task.type", "'sft'")
+    fails(peftkit_cli("train", "--config", cfg, "--task.type", "ner"), "train", "task.type", "'sft'")
+
+
+def test_bad_types_are_named(llama_dir, qa, tmp_path):
+    cloze = {"type": "cloze", "template": 5, "verbalizer": {0: "bad", 1: "good"}}
+    cfg = write_yaml(tmp_path / "c.yaml", _config(llama_dir, qa, task=cloze))
+    fails(peftkit_cli("train", "--config", cfg), "train", "task.template: expected str")
+    fails(peftkit_cli("train", "--config", cfg, "--task.template", "'{text} was'"), "train", "{mask}")
+    flags = ("--task.template", "'{text} was {mask}'", "--task.verbalizer", "[bad, good]")
+    fails(peftkit_cli("train", "--config", cfg, *flags), "train", "task.verbalizer")
+    cfg = write_yaml(tmp_path / "d.yaml", _config(llama_dir, qa))
+    fails(peftkit_cli("train", "--config", cfg, "--data.columns", "text"), "train", "data.columns")
+    fails(peftkit_cli("train", "--config", cfg, "--model.name", "5"), "train", "model.name: expected str")
+    fails(
+        peftkit_cli("train", "--config", cfg, "--adapter.lora_dropout", "x"), "train", "adapter", "wrong type"
+    )
 
 
 def test_missing_task_type(llama_dir, qa, tmp_path):
@@ -460,12 +498,14 @@ def test_missing_config_and_data_files(llama_dir, tmp_path):
 
 def test_malformed_rows_are_skipped_and_reported_by_line(llama_dir, tmp_path):
     rows = [json.dumps({"prompt": p, "response": r}) for p, r in QA]
-    lines = [*rows[:2], '{"prompt": "broken', "", *rows[2:]]  # lines 3 and 4 are bad
-    data = tmp_path / "messy.jsonl"
-    data.write_text("\n".join(lines) + "\n")
-    cfg = write_yaml(tmp_path / "c.yaml", _config(llama_dir, data))
-    out = ok(peftkit_cli("train", "--config", cfg, "--output-dir", tmp_path / "run", *STEPS))
-    assert "skipped 2 bad rows (lines 3, 4" in out.stdout
+    train_file, eval_file = tmp_path / "messy.jsonl", tmp_path / "messy_eval.jsonl"
+    train_file.write_text("\n".join([*rows[:2], '{"prompt": "broken', "", *rows[2:6]]) + "\n")  # lines 3, 4
+    eval_file.write_text("\n".join([rows[6], '{"prompt": "no response"}', rows[7]]) + "\n")  # line 2
+    cfg = write_yaml(tmp_path / "c.yaml", _config(llama_dir, train_file))
+    args = ("--data.eval", eval_file, "--output-dir", tmp_path / "run", *STEPS)
+    out = ok(peftkit_cli("train", "--config", cfg, *args))
+    assert "messy.jsonl: 6 records; skipped 2 bad rows (lines 3, 4; first: invalid JSON" in out.stdout
+    assert "messy_eval.jsonl: 2 records; skipped 1 bad rows (lines 2; first: missing field" in out.stdout
     assert (tmp_path / "run/adapter/adapter_config.json").is_file()
 
 
@@ -473,9 +513,9 @@ def test_all_rows_bad_is_an_error(llama_dir, tmp_path):
     data = tmp_path / "bad.jsonl"
     data.write_text('{"prompt": "x"\n\n[1, 2]\n')
     cfg = write_yaml(tmp_path / "c.yaml", _config(llama_dir, data))
-    fails(
-        peftkit_cli("train", "--config", cfg, "--output-dir", tmp_path / "run"), "train", "every row is bad"
-    )
+    out = peftkit_cli("train", "--config", cfg, "--output-dir", tmp_path / "run")
+    err = fails(out, "train", "every row is bad", "line 1: invalid JSON", "line 2: empty row")
+    assert "line 3: expected a JSON object" in err
     assert not (tmp_path / "run").exists()
 
 

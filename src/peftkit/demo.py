@@ -225,6 +225,7 @@ class DemoSettings:
     r: int = 16
     seed: int = 0
     samples: int = 3
+    dtype: str = "bfloat16"  # frozen base in bf16 (AMX/AVX-512 matmuls); the LoRA weights train in fp32
     show_progress: bool = True
 
 
@@ -241,7 +242,9 @@ def run_demo(s: DemoSettings) -> dict:
     from peftkit.training import TrainConfig, Trainer
 
     start, out = time.perf_counter(), Path(s.output_dir)
-    model, tok = load_model("smollm2-135m")
+    import torch
+
+    model, tok = load_model("smollm2-135m", dtype=getattr(torch, s.dtype))
     train, held = make_splits(s.n_train, s.n_eval, s.seed)
     spec = TaskSpec(type="sft", system_prompt=SYSTEM, max_length=160)
     encoded = encode(train, tok, spec)

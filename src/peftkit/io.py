@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
 from safetensors.torch import save_file
 
 
@@ -47,3 +50,19 @@ def atomic_save_safetensors(
     """Save tensors (made contiguous and detached) as safetensors, atomically."""
     clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     atomic_write(path, lambda tmp: save_file(clean, tmp, metadata=metadata))
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, but ``5e-4`` is a float as in YAML 1.2 (YAML 1.1 needs ``5.0e-4``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text to Python values (safe; exponent floats without a dot are floats)."""
+    return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader: no arbitrary objects

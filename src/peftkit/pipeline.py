@@ -18,7 +18,7 @@ from .data import Collator, TaskSpec, encode, read_records
 from .data.cloze import cloze_logits, cloze_loss, verbalizer_token_ids
 from .evaluation import accuracy, macro_f1
 from .model import PeftModel, get_peft_model
-from .run_config import RunConfig
+from .run_config import DataSection, RunConfig
 from .training import Trainer
 
 HEAD_NAMES = ("classifier", "score")
@@ -60,23 +60,23 @@ def read_split(run: RunConfig) -> tuple[list[dict], list[dict]]:
 
         rows = load_hub_dataset(d.hub, d.hub_split)
     elif d.train:
-        result = read_records(
-            d.train, format=d.format, columns=d.columns, delimiter=d.delimiter, required=required
-        )
-        if result.problems:
-            print(f"data: {result.summary()}")
-        rows = result.records
+        rows = _read_file(d, d.train, required)
     else:
         raise ValueError("data.train: no training data; set data.train (a jsonl/csv/tsv file) or data.hub")
     if d.eval:
-        held = read_records(
-            d.eval, format=d.format, columns=d.columns, delimiter=d.delimiter, required=required
-        )
-        train, held_rows = rows, held.records
+        train, held_rows = rows, _read_file(d, d.eval, required)
     else:
         train, held_rows = _split(rows, d.eval_fraction, d.group_column, d.seed)
     train = train[: d.limit] if d.limit else train
     return train, (held_rows[: d.eval_limit] if d.eval_limit else held_rows)
+
+
+def _read_file(d: DataSection, path: str, required: list[str]) -> list[dict]:
+    """The good records of ``path``; skipped rows are reported with their line numbers."""
+    result = read_records(path, format=d.format, columns=d.columns, delimiter=d.delimiter, required=required)
+    if result.problems:
+        print(f"data: {result.summary()}")
+    return result.records
 
 
 def _split(rows: list[dict], fraction: float, group: str | None, seed: int) -> tuple[list[dict], list[dict]]:
@@ -96,18 +96,28 @@ def prepare(run: RunConfig, adapter_path: str | None = None, bare: bool = False)
     train_rows, eval_rows = read_split(run)
     spec = run.task.with_labels(train_rows) if run.task.type == "classification" else run.task
     base, tok = load_base(run, spec)
-    train_enc, eval_enc = encode(train_rows, tok, spec), encode(eval_rows, tok, spec)
-    print(f"train: {train_enc.stats.summary()}\neval:  {eval_enc.stats.summary()}")
+    train_examples = _encode("train", train_rows, tok, spec)
+    eval_examples = _encode("eval", eval_rows, tok, spec)
     if bare:
         model = base
     elif adapter_path:
         model = PeftModel.from_pretrained(base, adapter_path)
     else:
         model = get_peft_model(base, _with_head(run.adapter, base, spec))
-    loss_fn, eval_fn = TASKS[spec.type](model, tok, spec, eval_enc.examples, Collator(tok.pad_token_id))
+    loss_fn, eval_fn = TASKS[spec.type](model, tok, spec, eval_examples, Collator(tok.pad_token_id))
     return Prepared(
-        model, tok, spec, train_enc.examples, eval_enc.examples, Collator(tok.pad_token_id), loss_fn, eval_fn
+        model, tok, spec, train_examples, eval_examples, Collator(tok.pad_token_id), loss_fn, eval_fn
     )
+
+
+def _encode(split: str, rows: list[dict], tok, spec: TaskSpec) -> list[dict]:
+    """Encoded examples of one split, their stats printed; no rows (e.g. nothing held out) is no examples."""
+    if not rows:
+        print(f"{split + ':':6} no rows")
+        return []
+    encoded = encode(rows, tok, spec)
+    print(f"{split + ':':6} {encoded.stats.summary()}")
+    return encoded.examples
 
 
 def _with_head(config, base: nn.Module, spec: TaskSpec):

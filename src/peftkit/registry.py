@@ -173,6 +173,8 @@ def config_from_file(path: str) -> PeftConfig:
 
     import yaml
 
+    from .io import parse_yaml
+
     p = Path(path)
     if p.is_dir():
         p = p / "adapter_config.json"
@@ -180,7 +182,7 @@ def config_from_file(path: str) -> PeftConfig:
         raise ConfigError("config", f"{path} does not exist")
     text = p.read_text(encoding="utf-8")
     try:
-        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+        data = json.loads(text) if p.suffix == ".json" else parse_yaml(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
         raise ConfigError("config", f"{path} cannot be parsed: {err}") from err
     if not isinstance(data, dict):

@@ -11,36 +11,21 @@ output_dir: runs/sst2-lora
 from __future__ import annotations
 
 import dataclasses
-import re
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
 from .config import check_choice, check_range
 from .data import TaskSpec
 from .errors import ConfigError
+from .io import parse_yaml
 from .registry import config_from_dict, get_method
 from .training import TrainConfig
 
 DTYPES = ("float32", "bfloat16")
-
-
-class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, but ``5e-4`` is a float as in YAML 1.2 (YAML 1.1 needs ``5.0e-4``)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
-
-
-def parse_yaml(text: str) -> Any:
-    """YAML text to Python values (safe; exponent floats without a dot are floats)."""
-    return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader: no arbitrary objects
 
 
 @dataclass
@@ -72,7 +57,7 @@ class DataSection:
     group_column: str | None = None
     format: str | None = None
     delimiter: str | None = None
-    columns: dict[str, str] = field(default_factory=dict)
+    columns: dict[str, str] | None = field(default_factory=dict)
     limit: int = 0
     eval_limit: int = 0
     seed: int = 0
@@ -81,6 +66,11 @@ class DataSection:
         check_range("data.eval_fraction", self.eval_fraction, 0.0, 1.0)
         if self.limit < 0 or self.eval_limit < 0:
             raise ConfigError("data.limit", "must be >= 0")
+        self.columns = {} if self.columns is None else self.columns
+        if not isinstance(self.columns, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.columns.items()
+        ):
+            raise ConfigError("data.columns", f"expected a mapping source -> column, got {self.columns!r}")
 
 
 SECTIONS: dict[str, type] = {
@@ -111,6 +101,28 @@ class RunConfig:
         atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a YAML value has a field's annotated type (scalars, unions; list/dict as containers)."""
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return any(_fits(value, arg) for arg in get_args(hint))
+    if origin in (list, dict):
+        return isinstance(value, origin)
+    if hint in (int, float) and isinstance(value, bool):
+        return False
+    if hint is float:
+        return isinstance(value, (int, float))
+    return not isinstance(hint, type) or isinstance(value, hint)
+
+
+def _check_types(name: str, cls: type, data: dict[str, Any]) -> None:
+    hints = get_type_hints(cls)
+    for key, value in data.items():
+        if not _fits(value, hints[key]):
+            expected = getattr(hints[key], "__name__", None) or str(hints[key]).replace("typing.", "")
+            raise ConfigError(f"{name}.{key}", f"expected {expected}, got {value!r}")
+
+
 def _section(name: str, cls: type, data: Any) -> Any:
     if data is None:
         data = {}
@@ -120,6 +132,7 @@ def _section(name: str, cls: type, data: Any) -> Any:
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{name}.{unknown[0]}", f"unknown field; allowed: {sorted(known)}")
+    _check_types(name, cls, data)
     try:
         return cls(**data)
     except TypeError as err:
@@ -139,11 +152,15 @@ def build_run_config(data: dict[str, Any]) -> RunConfig:
     if "type" not in (data.get("task") or {}):
         raise ConfigError("task.type", "missing; one of ['classification', 'cloze', 'sft', 'seq2seq']")
     sections = {name: _section(name, cls, data.get(name)) for name, cls in SECTIONS.items()}
-    adapter = dict(data.get("adapter") or {"method": "lora", "target_modules": "all-linear"})
+    adapter = data.get("adapter") or {"method": "lora", "target_modules": "all-linear"}
+    if not isinstance(adapter, dict):
+        raise ConfigError("adapter", f"must be a mapping of fields, got {adapter!r}")
     try:
         adapter_config = config_from_dict(adapter)
     except ConfigError as err:
         raise ConfigError(f"adapter.{err.field}", str(err).split(": ", 1)[-1]) from err
+    except (TypeError, AttributeError) as err:  # a value of the wrong type reached the method's checks
+        raise ConfigError("adapter", f"a field has a value of the wrong type ({err}); got {adapter}") from err
     return RunConfig(adapter=adapter_config, output_dir=str(data.get("output_dir", "runs/run")), **sections)
 
 

@@ -74,7 +74,7 @@ def _candidates(model: nn.Module, config: PeftConfig) -> list[tuple[str, nn.Modu
     return [(n, m) for n, m in mods if name_matches(n, config.target_modules)]
 
 
-def _filter(config: PeftConfig, found: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
+def filter_targets(config: PeftConfig, found: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
     found = [(n, m) for n, m in found if not name_matches(n, config.exclude_modules)]
     if config.layers_to_transform is not None:
         keep = set(config.layers_to_transform)
@@ -97,7 +97,7 @@ def find_targets(
             f"{method}: target_modules is not set. Pick from {candidate_names(model, supported)}, "
             f"or use 'all-linear'."
         )
-    found = _filter(config, _candidates(model, config))
+    found = filter_targets(config, _candidates(model, config))
     if not found:
         raise TargetError(
             f"{method}: target_modules={config.target_modules!r} "

@@ -12,6 +12,11 @@ from . import inspect as inspect_cmd
 from . import merge as merge_cmd
 from . import train as train_cmd
 
+# expected failures (bad config/data/paths, missing packages): one clean line and exit code 2.
+# ConfigError, DataError, CheckpointError and TargetError are ValueErrors; OSError covers missing,
+# unreadable or unwritable files and transformers' "no weights in this directory".
+EXPECTED_ERRORS = (ValueError, OSError, ImportError)
+
 COMMANDS = {
     "train": train_cmd,
     "eval": eval_cmd,
@@ -26,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peftkit", description="Parameter-efficient fine-tuning toolkit.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module in COMMANDS.items():
-        module.add_parser(sub.add_parser(name, help=module.HELP, description=module.__doc__))
+        # no abbreviations: `--adapter.rank 4` must not silently set --adapter.rank_pattern
+        command = sub.add_parser(name, help=module.HELP, description=module.__doc__, allow_abbrev=False)
+        module.add_parser(command)
     return parser
 
 
@@ -34,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command].run(args) or 0
-    except (ValueError, FileNotFoundError, ImportError) as err:
+    except EXPECTED_ERRORS as err:
         print(f"peftkit {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -33,12 +33,16 @@ def run(args: argparse.Namespace) -> int:
     if not args.run and not args.config:
         raise ValueError("give --run <training output folder> or --config <run.yaml>")
     config_path = Path(args.run) / "run.yaml" if args.run else Path(args.config)
+    if args.run and not config_path.is_file():
+        raise ValueError(f"--run: {args.run} has no run.yaml; give the output_dir of a `peftkit train` run")
     sets = {"data.eval_limit": str(args.limit)} if args.limit else {}
     run_config = build_run_config(apply_overrides(load_yaml(config_path), sets))
     adapter = None if args.base else (args.adapter or (str(Path(args.run) / "adapter") if args.run else None))
     if adapter is None and not args.base:
         raise ValueError("no adapter: give --adapter, --run, or --base for the bare model")
     prepared = prepare(run_config, adapter_path=adapter, bare=args.base)
+    if not prepared.eval:
+        raise ValueError("no held-out data to evaluate: set data.eval, or data.eval_fraction > 0")
     metrics = prepared.eval_fn(prepared.model.eval())
     if args.generate:
         metrics.update(generation_scores(prepared, run_config, args.max_new_tokens))

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data import sft_prompt
 
-    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    prompt = args.prompt if args.prompt is not None else sys.stdin.read().rstrip("\n")  # echo's newline
     if not prompt.strip():
         raise ValueError("empty prompt: pass one as an argument or on standard input")
     model, tok = load_with_adapter(args, task="causal-lm")

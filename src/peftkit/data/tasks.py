@@ -75,14 +75,15 @@ class TaskSpec:
 
     def _check_cloze(self) -> None:
         t = self.template
-        if not t or t.count("{text}") != 1 or t.count("{mask}") != 1:
+        if not isinstance(t, str) or t.count("{text}") != 1 or t.count("{mask}") != 1:
             raise ConfigError(
                 "template",
                 f"cloze needs {{text}} and {{mask}} once each, e.g. '{{text}} It was {{mask}}.'; got {t!r}",
             )
         if self.model_kind == "causal" and t.index("{text}") > t.index("{mask}"):
             raise ConfigError("template", "a causal LM reads only the text before {mask}: put {text} first")
-        if not self.verbalizer or not all(isinstance(w, str) and w.strip() for w in self.verbalizer.values()):
+        v = self.verbalizer
+        if not isinstance(v, dict) or not v or not all(isinstance(w, str) and w.strip() for w in v.values()):
             raise ConfigError(
                 "verbalizer", f"cloze needs a dict label -> non-empty word, got {self.verbalizer!r}"
             )

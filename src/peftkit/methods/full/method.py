@@ -7,7 +7,7 @@ from torch import nn
 from ...errors import TargetError
 from ...layer import AdapterLayer, adapter_layers
 from ...registry import LayerMethod, get_parent, register_method
-from ...targeting import _filter, find_targets, iter_modules, name_matches
+from ...targeting import filter_targets, find_targets, iter_modules, name_matches
 from .config import FullConfig
 from .layer import FullLayer
 
@@ -29,7 +29,7 @@ class FullMethod(LayerMethod):
         """Outermost modules to adapt: each holds parameters and lies outside ``modules_to_save``."""
         if config.target_modules is None:
             found = [(n, m) for n, m in iter_modules(model) if n and has_own_parameters(m)]
-            found = _filter(config, found)
+            found = filter_targets(config, found)
         else:
             found = find_targets(model, config, (nn.Module,), self.name)
         saved = config.modules_to_save
