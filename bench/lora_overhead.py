@@ -4,7 +4,8 @@ What is measured (one run, default: batch 8 x 128 random token ids, seed 0, r=8,
 
 1. Training step time (ms), timed in ONE process, round-robin: each repetition runs one step of every
    system, and the starting system rotates per repetition, so machine noise and thermal/cache drift hit
-   all systems alike. The first ``--warmup`` repetitions are discarded; median and IQR over ``--steps``.
+   all systems alike. The first ``--warmup`` repetitions are discarded; median, IQR and min over
+   ``--steps`` (on a shared box the min is the least-contended estimate; ratios use medians).
    Systems (each on its own copy of the model, ``model.train()``, loss from ``labels=input_ids``):
      - ``base fwd-only``   : frozen base model, forward + loss under ``torch.no_grad`` (lower bound).
      - ``base full fwd+bwd``: all base parameters trainable, forward + backward, NO optimizer step
@@ -12,8 +13,8 @@ What is measured (one run, default: batch 8 x 128 random token ids, seed 0, r=8,
      - ``peftkit LoRA``    : forward + backward + ``AdamW.step()`` over the trainable LoRA params + zero_grad.
      - ``peft LoRA``       : same as above with the ``peft`` reference implementation.
 2. Peak RSS (MiB): every system is re-run in its own fresh subprocess (``--system NAME``: load model,
-   build the system, ``--warmup`` + up to 3 steps) and reports ``ru_maxrss`` (which includes loading the
-   model) plus the RSS right after setup. These subprocesses run one after another BEFORE the timing, so
+   build the system, run 2 steps so AdamW state exists) and reports ``ru_maxrss`` (which includes loading
+   the model) plus the RSS right after setup. These subprocesses run one after another BEFORE the timing, so
    they never overlap the timed loop; their own step times are not used.
 3. Inference latency (ms, ``torch.no_grad``, ``model.eval()``, ``use_cache=False``): base model vs
    peftkit after ``merge_and_unload()`` (carrying the adapter weights after the timed optimizer steps,
@@ -124,7 +125,7 @@ def round_robin(fns: dict[str, Step], warmup: int, reps: int) -> dict[str, list[
 
 def summary(ms: list[float]) -> dict[str, float]:
     q1, _, q3 = statistics.quantiles(ms, n=4, method="inclusive") if len(ms) > 1 else (ms[0],) * 3
-    return {"median": statistics.median(ms), "q1": q1, "q3": q3, "iqr": q3 - q1, "n": len(ms)}
+    return {"median": statistics.median(ms), "q1": q1, "q3": q3, "iqr": q3 - q1, "min": min(ms), "n": len(ms)}
 
 
 def make_ids(batch: int, seq: int, vocab: int = 49152) -> torch.Tensor:
@@ -136,7 +137,7 @@ def child(args: argparse.Namespace) -> None:
     before = mib_now()
     step, module = build(args.system, make_ids(args.batch, args.seq), args.rank)
     setup = mib_now()
-    for _ in range(args.warmup + min(args.steps, 3)):
+    for _ in range(2):
         step()
     info: dict[str, Any] = {"rss_before_load_mib": before, "rss_after_setup_mib": setup}
     info["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
@@ -190,13 +191,9 @@ def machine_info() -> dict[str, Any]:
     import peft
     import transformers
 
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
     cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        platform.processor(),
+        (ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), platform.processor()
     )
     return {
         "cpu": cpu,
@@ -212,21 +209,23 @@ def machine_info() -> dict[str, Any]:
 
 def print_tables(train: dict[str, Any], rss: dict[str, Any], inf: dict[str, Any]) -> None:
     ref, ref_rss = train["peft"]["median"], rss["peft"]["peak_rss_mib"]
-    print("\n| system | step ms (median) | IQR ms | ratio to peft | peak RSS MiB | RSS ratio to peft |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(
+        "\n| system | step ms (median) | IQR ms | min ms | ratio to peft | peak RSS MiB | RSS ratio to peft |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for k, label in SYSTEMS.items():
         s, r = train[k], rss[k]["peak_rss_mib"]
         print(
-            f"| {label} | {s['median']:.1f} | {s['iqr']:.1f} | {s['median'] / ref:.3f} | {r:.0f} | "
-            f"{r / ref_rss:.3f} |"
+            f"| {label} | {s['median']:.1f} | {s['iqr']:.1f} | {s['min']:.1f} | {s['median'] / ref:.3f} | "
+            f"{r:.0f} | {r / ref_rss:.3f} |"
         )
     batches = [k for k in inf if k.startswith("batch")]
-    head = " | ".join(f"{b} ms (median) | {b} IQR | {b} ratio to base" for b in batches)
+    head = " | ".join(f"{b} ms (median) | {b} IQR | {b} min | {b} ratio to base" for b in batches)
     print(f"\n| model (inference, no_grad) | {head} |")
-    print("|---|" + "---:|" * (3 * len(batches)))
+    print("|---|" + "---:|" * (4 * len(batches)))
     for name in ("base", "peftkit_merged", "peftkit_unmerged"):
         cells = [
-            f"{inf[b][name]['median']:.1f} | {inf[b][name]['iqr']:.1f} | "
+            f"{inf[b][name]['median']:.1f} | {inf[b][name]['iqr']:.1f} | {inf[b][name]['min']:.1f} | "
             f"{inf[b][name]['median'] / inf[b]['base']['median']:.3f}"
             for b in batches
         ]
@@ -274,16 +273,8 @@ def main() -> None:
 
     print_tables(train, rss, inf)
     config = {k: v for k, v in vars(args).items() if k not in ("system", "out")}
-    report = {
-        "model": MODEL,
-        "dtype": "float32",
-        "config": config,
-        "machine": info,
-        "systems": SYSTEMS,
-        "train_step": train,
-        "rss": rss,
-        "inference": inf,
-    }
+    report = dict(model=MODEL, dtype="float32", config=config, machine=info, systems=SYSTEMS)
+    report.update(train_step=train, rss=rss, inference=inf)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"\nwrote {args.out}")

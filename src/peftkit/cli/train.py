@@ -20,7 +20,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", dest="output_dir", help="where the adapter, metrics and plot go")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     demo = p.add_argument_group("built-in demo (used when no --config and no section flags are given)")
-    demo.add_argument("--demo-steps", type=int, default=None, help="optimizer steps (default 60)")
+    demo.add_argument("--demo-steps", type=int, default=None, help="optimizer steps (default 40)")
     demo.add_argument(
         "--demo-train", type=int, default=None, help="generated training examples (default 2000)"
     )
