@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 from pathlib import Path
 
 HELP = "export an adapter (--format peft)"
@@ -20,6 +18,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import checkpoint as ckpt
+    from ..io import atomic_directory
     from ..registry import method_for_saved_config
 
     out = Path(args.out)
@@ -34,13 +33,7 @@ def run(args: argparse.Namespace) -> int:
     method.config_from_dict(data)  # validates: a field peft cannot read is an error here, not later
     tensors, meta = ckpt.read_weights(args.adapter, allow_pickle=args.allow_pickle)
     peft_config = {k: v for k, v in data.items() if not k.startswith("peftkit_")}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         ckpt.write_adapter(tmp, peft_config, tensors, {k: v for k, v in meta.items() if k != "format"})
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     print(f"{method.name} adapter exported in peft format to {out}")
     return 0

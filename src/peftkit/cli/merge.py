@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 from pathlib import Path
 
+from ..io import atomic_directory
 from .common import add_model_args, load_with_adapter
 
 HELP = "merge an adapter into its base and save a full transformers model"
@@ -26,14 +25,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{out} exists; choose a new directory (nothing is overwritten)")
     model, tok = load_with_adapter(args)
     merged = model.merge_and_unload()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         merged.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     print(f"merged model written to {out}")
     return 0
