@@ -129,3 +129,14 @@ def test_is_trainable_loads_trainable_adapters(tmp_path):
     assert loaded.parameter_report().trainable == 2 * (64 + 64 + 64 + 32)
     names = {n for n, p in loaded.named_parameters() if p.requires_grad}
     assert names and all("lora_" in n for n in names)
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    saved(tmp_path)
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~mask
