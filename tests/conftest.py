@@ -13,9 +13,9 @@ from torch import nn
 VOCAB = 96
 
 
-def tiny_llama(num_labels: int | None = None) -> nn.Module:
+def tiny_llama(num_labels: int | None = None, vocab_size: int = VOCAB) -> nn.Module:
     cfg = transformers.LlamaConfig(
-        vocab_size=VOCAB,
+        vocab_size=vocab_size,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,

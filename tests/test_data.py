@@ -26,6 +26,7 @@ from peftkit.data import (
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
+from conftest import tiny_llama  # noqa: E402
 from tiny_tokenizer import tiny_tokenizer  # noqa: E402
 
 SHARED_DATA = Path(__file__).parents[2] / "shared/data"
@@ -297,17 +298,7 @@ CLOZE_RECORDS = [
 
 def tiny_llama_lm(vocab: int) -> torch.nn.Module:
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=0,
-    )
-    return transformers.LlamaForCausalLM(cfg).eval()
+    return tiny_llama(vocab_size=vocab).eval()
 
 
 def test_cloze_causal_positions_and_verbalizer():
