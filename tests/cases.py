@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from conftest import Case
 
-from peftkit import LoraConfig
+from peftkit import BottleneckConfig, LoraConfig
 from peftkit.methods.full import FullConfig
 
 CASES: list[Case] = [
@@ -67,5 +67,38 @@ CASES: list[Case] = [
         "full-llama-blocks",
         "llama",
         lambda: FullConfig(target_modules=["mlp", "input_layernorm"], layers_to_transform=[1]),
+    ),
+    Case(
+        "bottleneck-bert-cls-houlsby",
+        "bert",
+        lambda: BottleneckConfig(placement="houlsby", reduction_factor=4, modules_to_save=["classifier"]),
+        mergeable=False,
+    ),
+    Case(
+        "bottleneck-llama-pfeiffer-gelu-ln",
+        "llama",
+        lambda: BottleneckConfig(bottleneck_size=6, non_linearity="gelu", adapter_layernorm=True),
+        mergeable=False,
+    ),
+    Case(
+        "bottleneck-gpt2-parallel-swish",
+        "gpt2",
+        lambda: BottleneckConfig(
+            placement="parallel", non_linearity="swish", scaling=4.0, reduction_factor=8
+        ),
+        mergeable=False,
+    ),
+    Case(
+        "bottleneck-t5-houlsby-layer1",
+        "t5",
+        lambda: BottleneckConfig(placement="houlsby", bottleneck_size=4, layers_to_transform=[1]),
+        mergeable=False,
+    ),
+    Case(
+        "bottleneck-llama-cls-near-identity",
+        "llama_cls",
+        lambda: BottleneckConfig(init_weights="near_identity", modules_to_save=["score"]),
+        mergeable=False,
+        identity_at_init=False,
     ),
 ]

@@ -4,7 +4,9 @@ from . import methods  # noqa: F401  (registers every method)
 from .config import PeftConfig
 from .errors import AdapterError, BaseModelMismatchError, CheckpointError, ConfigError, TargetError
 from .layer import BASE_ROW, AdapterLayer
+from .methods.bottleneck import BottleneckConfig, Stack
 from .methods.full import FullConfig
+from .methods.fusion import FusionConfig, fusion_attention
 from .methods.lora import LoraConfig
 from .model import ParameterReport, PeftModel, get_peft_model
 from .registry import LayerMethod, Method, get_method, list_methods, register_method
@@ -16,18 +18,22 @@ __all__ = [
     "AdapterError",
     "AdapterLayer",
     "BaseModelMismatchError",
+    "BottleneckConfig",
     "CheckpointError",
     "ConfigError",
     "FullConfig",
+    "FusionConfig",
     "LayerMethod",
     "LoraConfig",
     "Method",
     "ParameterReport",
+    "Stack",
     "PeftConfig",
     "PeftModel",
     "TargetError",
     "get_method",
     "get_peft_model",
     "list_methods",
+    "fusion_attention",
     "register_method",
 ]

@@ -4,4 +4,6 @@ Importing this package registers every method.
 """
 
 from . import lora  # noqa: F401
+from .bottleneck import BottleneckMethod  # noqa: F401
 from .full import FullMethod  # noqa: F401
+from .fusion import FusionMethod  # noqa: F401
