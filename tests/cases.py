@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from conftest import Case
 
-from peftkit import BottleneckConfig, LoraConfig
+from peftkit import (
+    BottleneckConfig,
+    LoraConfig,
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    PTuningConfig,
+    PTuningV2Config,
+)
 from peftkit.methods.full import FullConfig
 
 CASES: list[Case] = [
@@ -98,6 +105,79 @@ CASES: list[Case] = [
         "bottleneck-llama-cls-near-identity",
         "llama_cls",
         lambda: BottleneckConfig(init_weights="near_identity", modules_to_save=["score"]),
+        mergeable=False,
+        identity_at_init=False,
+    ),
+    # virtual-token methods: outputs change at init by design (the virtual tokens are attended to)
+    Case(
+        "prompt-llama-vocab",
+        "llama",
+        lambda: PromptTuningConfig(num_virtual_tokens=3, prompt_tuning_init="SAMPLE_VOCAB"),
+        mergeable=False,
+        identity_at_init=False,
+    ),
+    Case(
+        "prompt-bert-cls",
+        "bert",
+        lambda: PromptTuningConfig(num_virtual_tokens=2, modules_to_save=["classifier"]),
+        mergeable=False,
+        identity_at_init=False,
+    ),
+    Case(
+        "prompt-t5",
+        "t5",
+        lambda: PromptTuningConfig(num_virtual_tokens=3),
+        mergeable=False,
+        identity_at_init=False,
+    ),
+    Case(
+        "prefix-llama-gqa-projection",
+        "llama",
+        lambda: PrefixTuningConfig(num_virtual_tokens=3, prefix_projection=True, encoder_hidden_size=8),
+        mergeable=False,
+        identity_at_init=False,
+    ),
+    Case(
+        "prefix-gpt2",
+        "gpt2",
+        lambda: PrefixTuningConfig(num_virtual_tokens=2),
+        mergeable=False,
+        identity_at_init=False,
+    ),
+    Case(
+        "prefix-bert-cls",
+        "bert",
+        lambda: PrefixTuningConfig(num_virtual_tokens=2, modules_to_save=["classifier"]),
+        mergeable=False,
+        identity_at_init=False,
+    ),
+    Case(
+        "p-tuning-llama-lstm",
+        "llama",
+        lambda: PTuningConfig(
+            num_virtual_tokens=3, encoder_reparameterization_type="LSTM", encoder_hidden_size=8
+        ),
+        mergeable=False,
+        identity_at_init=False,
+    ),
+    Case(
+        "p-tuning-gpt2-mlp",
+        "gpt2",
+        lambda: PTuningConfig(num_virtual_tokens=2, encoder_hidden_size=8),
+        mergeable=False,
+        identity_at_init=False,
+    ),
+    Case(
+        "p-tuning-v2-bert-cls",
+        "bert",
+        lambda: PTuningV2Config(num_virtual_tokens=3, modules_to_save=["classifier"]),
+        mergeable=False,
+        identity_at_init=False,
+    ),
+    Case(
+        "p-tuning-v2-llama-cls",
+        "llama_cls",
+        lambda: PTuningV2Config(num_virtual_tokens=2, modules_to_save=["score"]),
         mergeable=False,
         identity_at_init=False,
     ),

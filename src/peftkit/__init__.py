@@ -8,6 +8,10 @@ from .methods.bottleneck import BottleneckConfig, Stack
 from .methods.full import FullConfig
 from .methods.fusion import FusionConfig, fusion_attention
 from .methods.lora import LoraConfig
+from .methods.p_tuning import PTuningConfig
+from .methods.p_tuning_v2 import PTuningV2Config
+from .methods.prefix_tuning import PrefixTuningConfig
+from .methods.prompt_tuning import PromptTuningConfig
 from .model import ParameterReport, PeftModel, get_peft_model
 from .registry import LayerMethod, Method, get_method, list_methods, register_method
 
@@ -25,11 +29,15 @@ __all__ = [
     "FusionConfig",
     "LayerMethod",
     "LoraConfig",
+    "PTuningConfig",
+    "PTuningV2Config",
     "Method",
     "ParameterReport",
     "Stack",
     "PeftConfig",
     "PeftModel",
+    "PrefixTuningConfig",
+    "PromptTuningConfig",
     "TargetError",
     "get_method",
     "get_peft_model",

@@ -16,7 +16,8 @@ from torch import nn
 from . import checkpoint as ckpt
 from .config import PeftConfig
 from .errors import AdapterError, CheckpointError
-from .layer import BASE_ROW, AdapterLayer, adapter_layers
+from .input_adapter import PEFT_KEY, forward_with_virtual_tokens
+from .layer import BASE_ROW, AdapterLayer, adapter_layers, rows_for_batch
 from .modules_to_save import wrap_modules_to_save
 from .registry import get_method, get_parent, method_for_saved_config
 
@@ -52,6 +53,8 @@ class PeftModel(nn.Module):
         self.targets: dict[str, list[str]] = {}
         self.extra_params: dict[str, list[str]] = {}
         self.active_adapters: list[str] = []
+        self.input_adapters = nn.ModuleDict()  # model-level adapters (virtual tokens), by adapter name
+        self._inputs_disabled = False
         for p in model.parameters():
             p.requires_grad_(False)
         self.add_adapter(adapter_name, config)
@@ -103,6 +106,9 @@ class PeftModel(nn.Module):
             raise AdapterError(f"invalid adapter name {adapter_name!r}: use a non-empty name without dots")
         method = get_method(config)
         targets = method.inject(self.base_model, config, adapter_name)
+        input_adapter = method.input_adapter(self.base_model, config, dict(self.input_adapters))
+        if input_adapter is not None:
+            self.input_adapters[adapter_name] = input_adapter
         if config.modules_to_save:
             wrap_modules_to_save(self.base_model, config.modules_to_save, adapter_name)
         self.peft_config[adapter_name] = config
@@ -136,11 +142,13 @@ class PeftModel(nn.Module):
                 setattr(parent, attr, layer.base)
         for table in (self.peft_config, self.targets, self.extra_params):
             del table[adapter_name]
+        if adapter_name in self.input_adapters:
+            del self.input_adapters[adapter_name]
         remaining = [a for a in self.active_adapters if a != adapter_name]
         self.set_adapter(remaining or list(self.peft_config)[:1])
 
     def _refresh_trainable(self) -> None:
-        for p in self.base_model.parameters():
+        for p in [*self.base_model.parameters(), *self.input_adapters.parameters()]:
             p.requires_grad_(False)
         for name in self.active_adapters:
             if self.peft_config[name].inference_mode:
@@ -151,6 +159,8 @@ class PeftModel(nn.Module):
     def _adapter_parameters(self, name: str) -> Iterator[nn.Parameter]:
         for _, layer in self.layers():
             yield from layer.adapter_parameters(name)
+        if name in self.input_adapters:
+            yield from self.input_adapters[name].parameters()
         params = dict(self.base_model.named_parameters())
         yield from (params[n] for n in self.extra_params[name])
 
@@ -162,9 +172,11 @@ class PeftModel(nn.Module):
         layers = [layer for _, layer in self.layers()]
         for layer in layers:
             layer.disabled = True
+        self._inputs_disabled = True
         try:
             yield self
         finally:
+            self._inputs_disabled = False
             for layer in layers:
                 layer.disabled = False
 
@@ -173,6 +185,9 @@ class PeftModel(nn.Module):
         """Fold adapters into the base weights (zero-latency inference). Merging twice is a no-op."""
         names = adapter_names or self.active_adapters
         self._check_known(names)
+        virtual = [n for n in names if n in self.input_adapters]
+        if virtual:
+            raise AdapterError(f"adapters {virtual} add virtual tokens, which cannot be merged into weights")
         for _, layer in self.layers():
             layer.merge(names)
 
@@ -184,7 +199,7 @@ class PeftModel(nn.Module):
         for path, layer in list(self.layers()):
             parent, attr = get_parent(self.base_model, path)
             setattr(parent, attr, pick(layer))
-        for table in (self.peft_config, self.targets, self.extra_params):
+        for table in (self.peft_config, self.targets, self.extra_params, self.input_adapters):
             table.clear()
         self.active_adapters = []
         return self.base_model
@@ -226,7 +241,28 @@ class PeftModel(nn.Module):
     def forward(self, *args, adapter_names: list[str] | None = None, **kwargs):
         """Forward through the base; ``adapter_names`` gives each row its own adapter ('__base__': none)."""
         with self._row_adapters(adapter_names):
-            return self.base_model(*args, **kwargs)
+            rows = self._input_rows(adapter_names, args, kwargs)
+            if rows is None:
+                return self.base_model(*args, **kwargs)
+            return forward_with_virtual_tokens(self.base_model, args, kwargs, rows)
+
+    def _input_rows(self, adapter_names: list[str] | None, args: tuple, kwargs: dict) -> list | None:
+        """Each row's model-level adapter (None: none), or None when no row of the batch has one."""
+        if self._inputs_disabled or not len(self.input_adapters):
+            return None
+        if adapter_names is None:
+            adapter_names = [n for n in self.active_adapters if n in self.input_adapters]
+            if len(adapter_names) > 1:
+                raise AdapterError(
+                    f"adapters {adapter_names} each add virtual tokens; activate one, or give each row "
+                    "its adapter with adapter_names="
+                )
+        ref = kwargs.get("input_ids", kwargs.get("inputs_embeds", args[0] if args else None))
+        if not adapter_names or ref is None:
+            return None
+        mine = dict(self.input_adapters)
+        rows = [mine.get(n) for n in adapter_names]
+        return rows_for_batch(rows, ref.shape[0]) if any(r is not None for r in rows) else None
 
     def generate(self, *args, adapter_names: list[str] | None = None, **kwargs):
         with self._row_adapters(adapter_names):
@@ -234,7 +270,7 @@ class PeftModel(nn.Module):
 
     # ---- accounting ------------------------------------------------------------------------------
     def parameter_report(self) -> ParameterReport:
-        params = {id(p): p for p in self.base_model.parameters()}.values()
+        params = {id(p): p for p in self.parameters()}.values()
         trainable = sum(p.numel() for p in params if p.requires_grad)
         total = sum(p.numel() for p in params)
         name = self.active_adapter
@@ -250,20 +286,27 @@ class PeftModel(nn.Module):
     def adapter_state_dict(self, adapter_name: str) -> dict[str, torch.Tensor]:
         """One adapter's tensors in peft's key scheme, valid on the original base model."""
         self._check_known([adapter_name])
+        prefix = get_method(self.peft_config[adapter_name]).key_prefix
         out: dict[str, torch.Tensor] = {}
+        if adapter_name in self.input_adapters:
+            out.update(self.input_adapters[adapter_name].peft_state_dict())
         for path, layer in self.layers():
             export = getattr(layer, "export_state_dict", layer.adapter_state_dict)
-            out.update({f"{ckpt.KEY_PREFIX}{path}.{k}": v for k, v in export(adapter_name).items()})
+            out.update({f"{prefix}{path}.{k}": v for k, v in export(adapter_name).items()})
         params = dict(self.base_model.named_parameters())
-        out.update({f"{ckpt.KEY_PREFIX}{n}": params[n].data for n in self.extra_params[adapter_name]})
+        out.update({f"{prefix}{n}": params[n].data for n in self.extra_params[adapter_name]})
         return out
 
     def load_adapter_state_dict(self, adapter_name: str, state: dict[str, torch.Tensor]) -> None:
         """Inverse of :meth:`adapter_state_dict`: every key must land, every adapter tensor be given."""
-        bad = [k for k in state if not k.startswith(ckpt.KEY_PREFIX)]
+        state, prefix = dict(state), get_method(self.peft_config[adapter_name]).key_prefix
+        if adapter_name in self.input_adapters:
+            self.input_adapters[adapter_name].load_peft_state_dict({PEFT_KEY: state.pop(PEFT_KEY, None)})
+            self._refresh_trainable()  # loading bakes a reparametrisation into new parameters
+        bad = [k for k in state if not k.startswith(prefix)]
         if bad:
-            raise CheckpointError(f"keys without the '{ckpt.KEY_PREFIX}' prefix: {bad[:3]}")
-        rest = {k[len(ckpt.KEY_PREFIX) :]: v for k, v in state.items()}
+            raise CheckpointError(f"keys without the '{prefix}' prefix: {bad[:3]}")
+        rest = {k[len(prefix) :]: v for k, v in state.items()}
         for path, layer in sorted(self.layers(), key=lambda item: -len(item[0])):
             mine = {k[len(path) + 1 :]: rest.pop(k) for k in list(rest) if k.startswith(path + ".")}
             base_keys = {k: mine.pop(k) for k in list(mine) if k.startswith(layer.base_attr + ".")}

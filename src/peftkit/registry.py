@@ -40,6 +40,7 @@ class Method:
     name: ClassVar[str] = ""
     config_class: ClassVar[type[PeftConfig]] = PeftConfig
     peft_type: ClassVar[str | None] = None
+    key_prefix: ClassVar[str] = "base_model.model."  # peft's prefix of tensor keys in a checkpoint
 
     def inject(self, model: nn.Module, config: PeftConfig, adapter_name: str) -> list[str]:
         """Add adapter ``adapter_name`` to ``model`` in place; return the targeted module paths."""
@@ -48,6 +49,13 @@ class Method:
     def extra_trainable(self, model: nn.Module, config: PeftConfig, targets: list[str]) -> list[str]:
         """Names of base-model parameters this config also trains and saves (e.g. biases)."""
         return []
+
+    def input_adapter(
+        self, model: nn.Module, config: PeftConfig, others: dict[str, nn.Module]
+    ) -> nn.Module | None:
+        """Model-level methods (virtual tokens) return the module that transforms the model's inputs
+        (see :mod:`peftkit.input_adapter`); ``others`` are the model's existing ones, by adapter name."""
+        return None
 
     # ---- peft's adapter_config.json -----------------------------------------------------------
     def to_peft_dict(self, config: PeftConfig, model: nn.Module, targets: list[str]) -> dict[str, Any]:

@@ -1,0 +1,8 @@
+"""P-tuning (Liu et al. 2021, "GPT Understands, Too"): virtual tokens from a prompt encoder, at
+any positions of a template."""
+
+from .config import PTuningConfig
+from .layer import PromptEncoder, render_template
+from .method import PTuningMethod
+
+__all__ = ["PTuningConfig", "PTuningMethod", "PromptEncoder", "render_template"]

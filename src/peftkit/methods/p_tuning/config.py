@@ -1,0 +1,48 @@
+"""P-tuning config (Liu et al. 2021, sec. 3): pseudo tokens ``[P_i]`` embedded as ``MLP(LSTM(h'))``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...config import check_choice, check_positive_int, check_range
+from ...input_adapter import PromptLearningConfig
+
+ENCODERS = ("MLP", "LSTM")
+
+
+@dataclass
+class PTuningConfig(PromptLearningConfig):
+    """P-tuning v1.
+
+    Args:
+        encoder_reparameterization_type: ``"MLP"`` (3 layers) or ``"LSTM"`` (bidirectional LSTM
+            then a 2-layer MLP, the paper's encoder).
+        encoder_hidden_size: the encoder's hidden width.
+        encoder_num_layers: LSTM layers.
+        encoder_dropout: dropout between LSTM layers.
+        placeholder_token_id: when set, the virtual tokens go where the input holds this token id
+            (a template such as ``"[P][P] {text} [P] It was {mask}."`` rendered with
+            :func:`render_template`); when unset they are prepended, as in ``peft``.
+    """
+
+    encoder_reparameterization_type: str = "MLP"
+    encoder_hidden_size: int | None = None
+    encoder_num_layers: int = 2
+    encoder_dropout: float = 0.0
+    placeholder_token_id: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("encoder_reparameterization_type", self.encoder_reparameterization_type, ENCODERS)
+        if self.encoder_hidden_size is not None:
+            check_positive_int("encoder_hidden_size", self.encoder_hidden_size)
+        check_positive_int("encoder_num_layers", self.encoder_num_layers)
+        check_range("encoder_dropout", self.encoder_dropout, 0.0, 1.0)
+        if self.placeholder_token_id is not None and (
+            not isinstance(self.placeholder_token_id, int) or self.placeholder_token_id < 0
+        ):
+            from ...errors import ConfigError
+
+            raise ConfigError(
+                "placeholder_token_id", f"must be a token id >= 0, got {self.placeholder_token_id!r}"
+            )

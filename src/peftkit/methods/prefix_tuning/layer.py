@@ -1,0 +1,29 @@
+"""The prefix: ``V`` rows of ``layers x 2 x kv_heads x head_dim`` values, flat or from an MLP."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ...input_adapter import ReparametrisedPrompt
+
+
+class PrefixEncoder(ReparametrisedPrompt):
+    """peft's layout: ``embedding.weight`` is ``(V, layers * 2 * token_dim)`` (flat) or ``(V, token_dim)``
+    followed by ``head = Linear(token_dim, hidden) -> tanh -> Linear(hidden, layers * 2 * token_dim)``."""
+
+    writes_cache = True
+
+    def __init__(self, V: int, layers: int, heads: int, token_dim: int, hidden: int | None):
+        self.layers, self.heads, self.head_dim = layers, heads, token_dim // heads
+        out = layers * 2 * token_dim
+        head = None
+        if hidden is not None:
+            head = nn.Sequential(nn.Linear(token_dim, hidden), nn.Tanh(), nn.Linear(hidden, out))
+        super().__init__(V, V, token_dim if head is not None else out, head, dtype=torch.float32)
+
+    def prefix(self) -> torch.Tensor:
+        V = self.num_virtual_tokens
+        flat = self.encoded()  # (V, layers * 2 * H * hd)
+        kv = flat.view(V, self.layers * 2, self.heads, self.head_dim).permute(1, 2, 0, 3)  # (2L, H, V, hd)
+        return kv.reshape(self.layers, 2, self.heads, V, self.head_dim)  # layer l: keys [l, 0], values [l, 1]

@@ -1,0 +1,40 @@
+"""Prompt tuning config (Lester et al. 2021, sec. 2): ``[P_1 .. P_V; embed(x)]`` into a frozen model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...config import check_choice
+from ...errors import ConfigError
+from ...input_adapter import PromptLearningConfig
+
+INITS = ("RANDOM", "SAMPLE_VOCAB", "TEXT")
+
+
+@dataclass
+class PromptTuningConfig(PromptLearningConfig):
+    """Prompt tuning.
+
+    Args:
+        prompt_tuning_init: ``"RANDOM"`` (N(0, 1), peft's default), ``"SAMPLE_VOCAB"`` (embeddings of
+            random vocabulary tokens; sec. 3.2 finds vocabulary init far better than random), or
+            ``"TEXT"`` (embeddings of ``prompt_tuning_init_text``'s tokens, repeated or cut to length).
+        prompt_tuning_init_text: e.g. ``"Classify the sentiment of this review:"``.
+        tokenizer_name_or_path: the tokenizer that reads the init text (a local folder or a
+            packaged model name such as ``"smollm2-135m"``).
+    """
+
+    prompt_tuning_init: str = "RANDOM"
+    prompt_tuning_init_text: str | None = None
+    tokenizer_name_or_path: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("prompt_tuning_init", self.prompt_tuning_init, INITS)
+        if self.prompt_tuning_init == "TEXT" and not (
+            self.prompt_tuning_init_text and self.tokenizer_name_or_path
+        ):
+            raise ConfigError(
+                "prompt_tuning_init_text",
+                "prompt_tuning_init='TEXT' needs prompt_tuning_init_text and tokenizer_name_or_path",
+            )
