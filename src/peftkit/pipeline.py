@@ -101,13 +101,34 @@ def prepare(run: RunConfig, adapter_path: str | None = None, bare: bool = False)
     if bare:
         model = base
     elif adapter_path:
-        model = PeftModel.from_pretrained(base, adapter_path)
+        model = _with_adapter(base, run.model.adapters, adapter_path)
     else:
-        model = get_peft_model(base, _with_head(run.adapter, base, spec))
+        model = _with_adapter(base, run.model.adapters, _with_head(run.adapter, base, spec))
     loss_fn, eval_fn = TASKS[spec.type](model, tok, spec, eval_examples, Collator(tok.pad_token_id))
     return Prepared(
         model, tok, spec, train_examples, eval_examples, Collator(tok.pad_token_id), loss_fn, eval_fn
     )
+
+
+def _with_adapter(base: nn.Module, saved: dict[str, str], adapter) -> PeftModel:
+    """The base with the saved adapters ``model.adapters`` loaded frozen, then the run's own adapter
+    (a new config, or a folder to load) added as ``default`` and made active."""
+    if not saved:
+        return (
+            PeftModel.from_pretrained(base, adapter)
+            if isinstance(adapter, str)
+            else get_peft_model(base, adapter)
+        )
+    (first, path), *rest = saved.items()
+    model = PeftModel.from_pretrained(base, path, adapter_name=first)
+    for name, folder in rest:
+        model.load_adapter(folder, adapter_name=name)
+    if isinstance(adapter, str):
+        model.load_adapter(adapter, adapter_name="default")
+    else:
+        model.add_adapter("default", adapter)
+    model.set_adapter("default")
+    return model
 
 
 def _encode(split: str, rows: list[dict], tok, spec: TaskSpec) -> list[dict]:
@@ -219,7 +240,7 @@ def train_run(run: RunConfig, resume: bool = False, show_progress: bool = True) 
     )
     result = trainer.train(resume=resume)
     run.save(out / "run.yaml")
-    p.model.save_pretrained(out / "adapter")
+    p.model.save_pretrained(out / "adapter", adapter_names=["default"])  # not model.adapters' copies
     plot = None
     try:
         from .plotting import plot_metrics

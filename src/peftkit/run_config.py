@@ -30,13 +30,26 @@ DTYPES = ("float32", "bfloat16")
 
 @dataclass
 class ModelSection:
-    """Args: name: packaged name, local directory or hub id. dtype: weights' dtype."""
+    """Args: name: packaged name, local directory or hub id. dtype: weights' dtype.
+    adapters: saved adapters loaded (frozen) before the run's own adapter is added, as
+    ``{name: folder}``: the adapters an AdapterFusion fuses, or the lower adapters of a stack.
+    """
 
     name: str = "smollm2-135m"
     dtype: str = "float32"
+    adapters: dict[str, str] | None = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_choice("model.dtype", self.dtype, DTYPES)
+        self.adapters = {} if self.adapters is None else self.adapters
+        if not isinstance(self.adapters, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.adapters.items()
+        ):
+            raise ConfigError(
+                "model.adapters", f"expected a mapping name -> adapter folder, got {self.adapters!r}"
+            )
+        if "default" in self.adapters:
+            raise ConfigError("model.adapters", "'default' is the run's own adapter; choose another name")
 
 
 @dataclass

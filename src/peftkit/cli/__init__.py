@@ -9,6 +9,7 @@ from . import eval as eval_cmd
 from . import export as export_cmd
 from . import generate as generate_cmd
 from . import inspect as inspect_cmd
+from . import inspect_fusion as inspect_fusion_cmd
 from . import merge as merge_cmd
 from . import train as train_cmd
 
@@ -24,6 +25,7 @@ COMMANDS = {
     "merge": merge_cmd,
     "export": export_cmd,
     "inspect": inspect_cmd,
+    "inspect-fusion": inspect_fusion_cmd,
 }
 
 
