@@ -72,6 +72,7 @@ class ModelDims:
 
     hidden: int
     layers: int
+    heads: int
     kv_heads: int
     head_dim: int
     encoder_decoder: bool
@@ -91,6 +92,7 @@ def model_dims(model: nn.Module) -> ModelDims:
     return ModelDims(
         hidden=hidden,
         layers=_first(text, "num_hidden_layers", "n_layer", "num_layers"),
+        heads=heads,
         kv_heads=getattr(text, "num_key_value_heads", None) or heads,
         head_dim=head_dim,
         encoder_decoder=bool(getattr(config, "is_encoder_decoder", False)),
@@ -165,7 +167,7 @@ class InputMethod(Method):
             "token_dim": config.token_dim or dims.hidden,
             "num_transformer_submodules": config.num_transformer_submodules
             or (2 if dims.encoder_decoder else 1),
-            "num_attention_heads": config.num_attention_heads or dims.kv_heads,
+            "num_attention_heads": config.num_attention_heads or dims.heads,
             "num_layers": config.num_layers or dims.layers,
         }
 
@@ -233,8 +235,8 @@ def transform_inputs(
         mask = torch.ones(batch, past - P - T + length, dtype=torch.long, device=device)
     mask = mask.to(device)
     given = kwargs.get("position_ids")
-    if given is None:  # count real tokens, so left and right padding give the same positions
-        given = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]  # (B, L)
+    if given is None:
+        given = _default_positions(mask, length, [a is not None for a in rows])
     shift = torch.tensor([e + k for e, k in zip(emb_len, kv_len, strict=True)], device=device)[:, None]
     positions = given.to(device) + shift  # (B, L): real tokens come after the row's virtual ones
     kwargs.pop("cache_position", None)  # recomputed by the model from the cache length
@@ -254,6 +256,15 @@ def transform_inputs(
         kwargs["past_key_values"] = _write_prefix(model, cache, rows, P, batch)
     kwargs["attention_mask"] = torch.cat([slot_mask(kv_len, P, device).to(mask.dtype), mask], dim=1)
     return Transformed(kwargs, starts, length)
+
+
+def _default_positions(mask: torch.Tensor, length: int, adapted: list[bool]) -> torch.Tensor:
+    """``(B, L)`` positions when none are given: rows with virtual tokens count real tokens (left and
+    right padding agree); rows without keep the base model's default (index in the sequence)."""
+    counted = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
+    start = mask.shape[1] - length
+    plain = torch.arange(start, start + length, device=mask.device).expand_as(counted)
+    return torch.where(torch.tensor(adapted, device=mask.device)[:, None], counted, plain)
 
 
 def _prepends(adapter: InputAdapter | None) -> bool:

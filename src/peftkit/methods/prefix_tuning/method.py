@@ -46,6 +46,7 @@ class PrefixTuningMethod(InputMethod):
     def resolved(self, model: nn.Module, config: PrefixTuningConfig) -> dict[str, int]:
         """Keys/values have ``kv_heads * head_dim`` channels (peft: token_dim = that under GQA)."""
         dims, out = model_dims(model), super().resolved(model, config)
+        out["num_attention_heads"] = config.num_attention_heads or dims.kv_heads
         if config.token_dim is None:
             out["token_dim"] = out["num_attention_heads"] * dims.head_dim
         return out
