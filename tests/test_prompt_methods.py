@@ -379,3 +379,21 @@ def test_bad_configs_fail_clearly():
     model.set_adapter(["default", "other"])
     with pytest.raises(AdapterError, match="activate one"):
         logits(model, make_inputs("llama"))
+
+
+@pytest.mark.parametrize("options", [{"do_sample": False}, {"num_beams": 3}], ids=["greedy", "beam"])
+def test_decoding_engine_with_mixed_rows(options):
+    """peftkit's decoding engine: mixed rows equal single-row runs; greedy equals the hand loop."""
+    decoding = pytest.importorskip("peftkit.decoding")
+    model = mixed_model("llama")
+    rows = ["prefix", "prompt", BASE_ROW, "lora", "ptune"]
+    ids, mask = pad(make_inputs("llama", batch=5, seq=6)["input_ids"], [6, 4, 6, 3, 5], "left")
+    with torch.no_grad():
+        mixed = decoding.generate(model, ids, mask, adapter_names=rows, max_new_tokens=4, **options).sequences
+        for i, name in enumerate(rows):
+            single = decoding.generate(
+                model, ids[i : i + 1], mask[i : i + 1], adapter_names=[name], max_new_tokens=4, **options
+            ).sequences
+            assert torch.equal(single[0], mixed[i]), name
+        if "num_beams" not in options:
+            assert torch.equal(greedy(model, ids, mask, steps=4, rows=rows)[0], mixed)
