@@ -2,6 +2,7 @@
 
 from . import methods  # noqa: F401  (registers every method)
 from .config import PeftConfig
+from .decoding import DecodingConfig, GenerationOutput, generate
 from .errors import AdapterError, BaseModelMismatchError, CheckpointError, ConfigError, TargetError
 from .layer import BASE_ROW, AdapterLayer
 from .methods.bottleneck import BottleneckConfig, Stack
@@ -25,6 +26,8 @@ __all__ = [
     "BottleneckConfig",
     "CheckpointError",
     "ConfigError",
+    "DecodingConfig",
+    "GenerationOutput",
     "FullConfig",
     "FusionConfig",
     "LayerMethod",
@@ -39,6 +42,7 @@ __all__ = [
     "PrefixTuningConfig",
     "PromptTuningConfig",
     "TargetError",
+    "generate",
     "get_method",
     "get_peft_model",
     "list_methods",

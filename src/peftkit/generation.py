@@ -1,4 +1,4 @@
-"""Batched text generation for evaluation (left padding, greedy by default)."""
+"""Batched text generation from strings (left padding), on peftkit's decoding engine."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+
+from .decoding import DecodingConfig, cut_at_stop_string, generate
 
 
 @contextmanager
@@ -19,6 +21,13 @@ def padding_side(tokenizer, side: str) -> Iterator[None]:
         tokenizer.padding_side = old
 
 
+def decoding_config(tokenizer, max_new_tokens: int, **options) -> DecodingConfig:
+    """Greedy by default; end and padding ids from the tokenizer unless given."""
+    options.setdefault("eos_token_id", tokenizer.eos_token_id)
+    options.setdefault("pad_token_id", tokenizer.pad_token_id)
+    return DecodingConfig.from_kwargs(max_new_tokens=max_new_tokens, **options)
+
+
 def generate_texts(
     model: nn.Module,
     tokenizer,
@@ -26,20 +35,13 @@ def generate_texts(
     max_new_tokens: int = 64,
     batch_size: int = 16,
     add_special_tokens: bool | None = None,
-    **generate_kwargs,
+    **options,
 ) -> list[str]:
-    """Complete each rendered prompt; returns only the new text (special tokens removed)."""
+    """Complete each rendered prompt; returns only the new text (special tokens removed, cut
+    before the first stop string). ``options`` are :class:`DecodingConfig` fields."""
     if add_special_tokens is None:  # a chat template writes its own special tokens
         add_special_tokens = not getattr(tokenizer, "chat_template", None)
-    kwargs = {
-        "max_new_tokens": max_new_tokens,
-        "do_sample": False,
-        "pad_token_id": tokenizer.pad_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        **generate_kwargs,
-    }
-    was_training = model.training
-    model.eval()
+    config = decoding_config(tokenizer, max_new_tokens, **options)
     texts: list[str] = []
     with padding_side(tokenizer, "left"), torch.no_grad():
         for i in range(0, len(prompts), batch_size):
@@ -49,8 +51,6 @@ def generate_texts(
                 padding=True,
                 add_special_tokens=add_special_tokens,
             )
-            out = model.generate(**enc, **kwargs)  # (B, T_prompt + new)
-            new = out[:, enc["input_ids"].shape[1] :]
-            texts += tokenizer.batch_decode(new, skip_special_tokens=True)
-    model.train(was_training)
-    return texts
+            out = generate(model, enc["input_ids"], enc["attention_mask"], config, tokenizer=tokenizer)
+            texts += tokenizer.batch_decode(out.new_tokens, skip_special_tokens=True)
+    return [cut_at_stop_string(t, config.stop_strings) for t in texts]

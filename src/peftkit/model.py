@@ -264,9 +264,26 @@ class PeftModel(nn.Module):
         rows = [mine.get(n) for n in adapter_names]
         return rows_for_batch(rows, ref.shape[0]) if any(r is not None for r in rows) else None
 
-    def generate(self, *args, adapter_names: list[str] | None = None, **kwargs):
-        with self._row_adapters(adapter_names):
-            return self.base_model.generate(*args, **kwargs)
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        adapter_names: list[str] | None = None,
+        return_output: bool = False,
+        **options: Any,
+    ):
+        """Decode with peftkit's engine (:func:`peftkit.decoding.generate`).
+
+        Takes a :class:`~peftkit.decoding.DecodingConfig` as ``config=`` or its fields as keywords;
+        ``transformers``-style keywords (``do_sample``, ``num_beams``, ``penalty_alpha``) pick the
+        strategy. ``adapter_names`` gives each row its own adapter. Returns the sequences
+        ``(N, L + n)`` like ``transformers`` (or the full output with ``return_output=True``).
+        """
+        from .decoding import generate
+
+        out = generate(self, input_ids, attention_mask, adapter_names=adapter_names, **options)
+        return out if return_output else out.sequences
 
     # ---- accounting ------------------------------------------------------------------------------
     def parameter_report(self) -> ParameterReport:

@@ -1,5 +1,6 @@
-"""Generate text from a prompt (an argument, or standard input), streamed token by token as it is made.
-The prompt goes through the tokenizer's chat template unless --raw is given."""
+"""Generate text from a prompt (an argument, or standard input) with peftkit's decoding engine,
+streamed token by token (except beam search). The prompt goes through the tokenizer's chat
+template unless --raw is given."""
 
 from __future__ import annotations
 
@@ -16,44 +17,76 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", nargs="?", help="the prompt; read from standard input when omitted")
     p.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
     p.add_argument("--system", help="system message for the chat template")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="new-token budget (default 128)")
     p.add_argument(
-        "--max-new-tokens", type=int, default=128, help="stop after this many new tokens (default 128)"
+        "--strategy",
+        choices=["greedy", "sample", "beam", "contrastive"],
+        help="decoding strategy (default: beam if --num-beams > 1, contrastive if --penalty-alpha "
+        "is given, sample if --temperature > 0, else greedy)",
     )
+    p.add_argument("--temperature", type=float, default=0.0, help="> 0 samples (default 0: greedy)")
     p.add_argument(
-        "--temperature", type=float, default=0.0, help="0 for greedy decoding (default), > 0 samples"
+        "--top-k", type=int, default=0, help="keep the k most likely tokens (0: off; contrastive: 4)"
     )
-    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: off)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0: off)")
     p.add_argument("--num-beams", type=int, default=1, help="beam search width (1: off)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--length-penalty", type=float, default=1.0, help="beam score = sum log p / len^this")
+    p.add_argument("--penalty-alpha", type=float, help="contrastive search degeneration penalty (e.g. 0.6)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (1.0: off)")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=0, help="forbid repeating n-grams (0: off)")
+    p.add_argument("--stop", action="append", default=[], help="stop at this string (repeatable)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+
+
+def strategy(args: argparse.Namespace) -> str:
+    if args.strategy:
+        return args.strategy
+    if args.num_beams > 1:
+        return "beam"
+    if args.penalty_alpha is not None:
+        return "contrastive"
+    return "sample" if args.temperature > 0 else "greedy"
+
+
+def decoding_options(args: argparse.Namespace) -> dict:
+    chosen = strategy(args)
+    options = {
+        "strategy": chosen,
+        "num_beams": args.num_beams,
+        "length_penalty": args.length_penalty,
+        "repetition_penalty": args.repetition_penalty,
+        "no_repeat_ngram_size": args.no_repeat_ngram_size,
+        "stop_strings": args.stop,
+        "seed": args.seed,
+        "top_p": args.top_p,
+        "top_k": args.top_k or (4 if chosen == "contrastive" else 0),
+    }
+    if chosen == "sample":
+        options["temperature"] = args.temperature or 1.0
+    if args.penalty_alpha is not None:
+        options["penalty_alpha"] = args.penalty_alpha
+    return options
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-    from transformers import TextStreamer
-
     from ..data import sft_prompt
+    from ..decoding import TextStreamer, cut_at_stop_string, generate
+    from ..generation import decoding_config
 
     prompt = args.prompt if args.prompt is not None else sys.stdin.read().rstrip("\n")  # echo's newline
     if not prompt.strip():
         raise ValueError("empty prompt: pass one as an argument or on standard input")
     model, tok = load_with_adapter(args, task="causal-lm")
+    config = decoding_config(tok, args.max_new_tokens, **decoding_options(args))
     text = prompt if args.raw else sft_prompt(tok, prompt, args.system)
     enc = tok(text, return_tensors="pt", add_special_tokens=args.raw or not tok.chat_template)
-    torch.manual_seed(args.seed)
-    sampling = args.temperature > 0
-    kwargs = {
-        "max_new_tokens": args.max_new_tokens,
-        "do_sample": sampling,
-        "num_beams": args.num_beams,
-        "pad_token_id": tok.pad_token_id,
-        "eos_token_id": tok.eos_token_id,
-    }
-    if sampling:
-        kwargs.update(temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p)
-    streamer = TextStreamer(tok, skip_prompt=True, skip_special_tokens=True) if args.num_beams == 1 else None
-    with torch.no_grad():
-        out = model.generate(**enc, streamer=streamer, **kwargs)
-    if streamer is None:
-        print(tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True))
+    streaming = config.strategy != "beam" and not config.stop_strings
+    streamer = TextStreamer(tok) if streaming else None
+    out = generate(model, enc["input_ids"], enc["attention_mask"], config, tokenizer=tok, streamer=streamer)
+    if streamer is not None:
+        streamer.end()
+    else:
+        print(
+            cut_at_stop_string(tok.decode(out.new_tokens[0], skip_special_tokens=True), config.stop_strings)
+        )
     return 0
