@@ -171,7 +171,7 @@ def test_mixed_batch_with_beam_style_repeats():
 
 def test_training_moves_only_virtual_tokens_and_labels_align():
     model = peftkit.get_peft_model(build("llama"), PromptTuningConfig(num_virtual_tokens=3))
-    inputs = make_inputs("llama")
+    inputs = {"input_ids": make_inputs("llama")["input_ids"]}  # no attention mask: all real tokens
     out = model(**inputs, labels=inputs["input_ids"])
     assert out.logits.shape[:2] == inputs["input_ids"].shape  # virtual positions cut from the logits
     out.loss.backward()

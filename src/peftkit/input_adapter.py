@@ -232,7 +232,8 @@ def transform_inputs(
         return Transformed(kwargs, None)
     mask = kwargs.get("attention_mask")
     if mask is None:
-        mask = torch.ones(batch, past - P - T + length, dtype=torch.long, device=device)
+        real_past = past - P - T if past else 0  # the cache holds P + T virtual slots after prefill
+        mask = torch.ones(batch, real_past + length, dtype=torch.long, device=device)
     mask = mask.to(device)
     given = kwargs.get("position_ids")
     if given is None:
