@@ -46,9 +46,7 @@ def output_features(module: nn.Module) -> int:
         return module.out_features
     if isinstance(module, Conv1D):
         return module.nf
-    width = (
-        getattr(module, "out_features", None) or getattr(getattr(module, "weight", None), "shape", [None])[0]
-    )
+    width = getattr(module, "out_features", None)  # quantised linears and the like
     if not isinstance(width, int):
         raise TargetError(
             f"cannot tell the output width of {type(module).__name__}; put bottleneck adapters after a "
@@ -106,7 +104,7 @@ class BottleneckLayer(AdapterLayer):
 
     # ---- adding ------------------------------------------------------------------------------
     def add(self, name: str, config: BottleneckConfig, module_name: str) -> None:
-        kw = {"device": self.base.weight.device, "dtype": adapter_dtype(self.base)}
+        kw = {"device": next(self.base.parameters()).device, "dtype": adapter_dtype(self.base)}
         self.bottleneck[name] = Bottleneck(self.hidden, config, **kw)
         self.scaling[name] = float(config.scaling)
 

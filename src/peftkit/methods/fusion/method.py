@@ -20,7 +20,7 @@ class FusionMethod(Method):
     def inject(self, model: nn.Module, config: FusionConfig, adapter_name: str) -> list[str]:
         sites = fusion_sites(model, config)
         for _, layer in sites:
-            kw = {"device": layer.base.weight.device, "dtype": adapter_dtype(layer.base)}
+            kw = {"device": next(layer.base.parameters()).device, "dtype": adapter_dtype(layer.base)}
             layer.add_fusion(adapter_name, FusionAttention(layer.hidden, config, **kw))
             layer.train(layer.base.training)
         return [path for path, _ in sites]
