@@ -245,6 +245,17 @@ def test_peft_checkpoint_loads_in_peftkit(kind, cls, kwargs, save, tmp_path):
     torch.testing.assert_close(logits(ours, inputs), expected, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("kind", ["llama", "bert"])
+def test_saved_task_type_is_read_from_the_model(kind, tmp_path):
+    """Without task_type peft would run the bare base; peftkit writes the model's task."""
+    save = ["classifier"] if kind == "bert" else None
+    ours = peftkit.get_peft_model(build(kind), PromptTuningConfig(num_virtual_tokens=2, modules_to_save=save))
+    ours.save_pretrained(tmp_path)
+    theirs = peft.PeftModel.from_pretrained(build(kind), tmp_path).eval()
+    inputs = unpadded(kind)
+    torch.testing.assert_close(peft_logits(theirs, kind, inputs), logits(ours, inputs), atol=1e-5, rtol=1e-4)
+
+
 def test_p_tuning_v2_saves_as_peft_prefix_tuning(tmp_path):
     config = PTuningV2Config(num_virtual_tokens=3, modules_to_save=["classifier"], task_type="SEQ_CLS")
     ours = peftkit.get_peft_model(build("bert"), config)

@@ -176,7 +176,27 @@ class InputMethod(Method):
         for name in ("target_modules", "exclude_modules", "layers_to_transform", "layers_pattern"):
             data.pop(name, None)  # prompt-learning configs in peft have no targeting fields
         data.update(self.resolved(model, config))
+        data["task_type"] = config.task_type or peft_task_type(model)
         return data
+
+
+TASK_SUFFIXES = {
+    "ForCausalLM": "CAUSAL_LM",
+    "ForSequenceClassification": "SEQ_CLS",
+    "ForTokenClassification": "TOKEN_CLS",
+    "ForQuestionAnswering": "QUESTION_ANS",
+    "ForConditionalGeneration": "SEQ_2_SEQ_LM",
+    "ForSeq2SeqLM": "SEQ_2_SEQ_LM",
+}
+
+
+def peft_task_type(model: nn.Module) -> str:
+    """peft needs ``task_type`` to apply a prompt-learning checkpoint at all (without it, it runs the
+    bare base); read it from the model class when the config leaves it unset."""
+    name = type(model).__name__
+    return next(
+        (task for suffix, task in TASK_SUFFIXES.items() if name.endswith(suffix)), "FEATURE_EXTRACTION"
+    )
 
 
 # ---- the hook ------------------------------------------------------------------------------------
