@@ -408,3 +408,30 @@ def test_decoding_engine_with_mixed_rows(options):
             assert torch.equal(single[0], mixed[i]), name
         if "num_beams" not in options:
             assert torch.equal(greedy(model, ids, mask, steps=4, rows=rows)[0], mixed)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        PTuningV2Config(num_virtual_tokens=3, modules_to_save=["classifier"]),
+        PromptTuningConfig(num_virtual_tokens=2),
+    ],
+    ids=["p-tuning-v2", "prompt"],
+)
+def test_token_classification_logits_line_up_with_tokens(config):
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=64, num_labels=5,
+    )  # fmt: skip
+    model = peftkit.get_peft_model(transformers.BertForTokenClassification(cfg).eval(), config)
+    inputs = make_inputs("bert", batch=3, seq=6)
+    labels = torch.randint(0, 5, (3, 6)).masked_fill(inputs["attention_mask"] == 0, -100)
+    out = model(**inputs, labels=labels)
+    assert out.logits.shape == (3, 6, 5)
+    loss = torch.nn.functional.cross_entropy(
+        out.logits[inputs["attention_mask"].bool()], labels[inputs["attention_mask"].bool()]
+    )
+    torch.testing.assert_close(out.loss, loss, atol=1e-5, rtol=1e-4)
