@@ -356,6 +356,20 @@ def test_generate_from_argument_and_stdin(llama_dir, sft_run):
     assert ok(peftkit_cli(*args, "--raw", "the movie was")).stdout.strip()
 
 
+def test_generate_strategies(llama_dir):
+    base = ("generate", "--model", llama_dir, "--raw", "--max-new-tokens", "4", "the movie was")
+    beam = ok(
+        peftkit_cli(*base, "--num-beams", "3", "--length-penalty", "0.5")
+    )  # not streamed: printed at the end
+    contrastive = ok(peftkit_cli(*base, "--penalty-alpha", "0.6", "--top-k", "3"))
+    sampled = [
+        ok(peftkit_cli(*base, "--temperature", "0.8", "--top-p", "0.9", "--seed", "3")) for _ in range(2)
+    ]
+    assert beam.stdout.strip() and contrastive.stdout.strip()
+    assert sampled[0].stdout == sampled[1].stdout  # same seed, same text
+    fails(peftkit_cli(*base, "--top-p", "2"), "generate", "top_p")
+
+
 def test_generate_empty_stdin_is_an_error(llama_dir):
     fails(peftkit_cli("generate", "--model", llama_dir, stdin="  \n"), "generate", "empty prompt")
 

@@ -17,7 +17,8 @@ The call sequence a model (or a prompt method inside :class:`~peftkit.PeftModel`
   ``decoder_input_ids (B, 1)`` and an empty ``EncoderDecoderCache``; later calls pass
   ``encoder_outputs`` from the first call, the same encoder mask and one decoder token.
 
-``position_ids`` is only passed to a forward that takes it. A model that returns no cache is
+``position_ids`` and ``logits_to_keep=1`` (only the last position's logits are computed) are only
+passed to a forward that takes them. A model that returns no cache is
 re-run on the whole sequence each step (correct, just slower).
 """
 
@@ -89,6 +90,7 @@ class ModelStepper:
         self.forward_kwargs = forward_kwargs
         self.encoder_decoder = is_encoder_decoder(model)
         self.use_positions = not self.encoder_decoder and _accepts(model, "position_ids")
+        self.last_logits_only = _accepts(model, "logits_to_keep")  # skip the head on the prompt
         self.cache = None
         self.cached = True
         self.mask: torch.Tensor | None = None  # (B, T) real-token mask (encoder mask for enc-dec)
@@ -162,6 +164,8 @@ class ModelStepper:
             inputs.update(past_key_values=self.cache, use_cache=True)
         if self.want_hidden:
             inputs["output_hidden_states"] = True
+        if self.last_logits_only:
+            inputs["logits_to_keep"] = 1
         out = self.model(**inputs, **self.forward_kwargs)
         logits = out.logits if hasattr(out, "logits") else out
         if self.cached:
