@@ -5,6 +5,7 @@ from __future__ import annotations
 from conftest import Case
 
 from peftkit import (
+    AdaLoraConfig,
     BottleneckConfig,
     LoraConfig,
     PrefixTuningConfig,
@@ -12,7 +13,10 @@ from peftkit import (
     PTuningConfig,
     PTuningV2Config,
 )
+from peftkit.methods.bitfit import BitFitConfig
+from peftkit.methods.diff_pruning import DiffPruningConfig
 from peftkit.methods.full import FullConfig
+from peftkit.methods.selection import SelectionConfig
 
 CASES: list[Case] = [
     Case(
@@ -61,6 +65,29 @@ CASES: list[Case] = [
         "llama",
         lambda: LoraConfig(
             r=4, target_modules=["q_proj", "o_proj"], init_lora_weights="pissa", lora_dropout=0.1
+        ),
+    ),
+    Case(
+        "adalora-llama-qv",
+        "llama",
+        lambda: AdaLoraConfig(init_r=4, target_r=2, target_modules=["q_proj", "v_proj"], total_step=10),
+    ),
+    Case(
+        "adalora-gpt2-conv1d-dropout",
+        "gpt2",
+        lambda: AdaLoraConfig(
+            init_r=3, target_r=1, lora_alpha=4, lora_dropout=0.1, target_modules=["c_attn"]
+        ),
+    ),
+    Case(
+        "adalora-bert-cls-pruned",
+        "bert",
+        lambda: AdaLoraConfig(
+            init_r=3,
+            target_r=2,
+            target_modules=["query", "value"],
+            modules_to_save=["classifier"],
+            rank_pattern={"bert.encoder.layer.0.attention.self.query.lora_E": [True, False, True]},
         ),
     ),
     Case("full-llama", "llama", lambda: FullConfig()),
@@ -180,5 +207,28 @@ CASES: list[Case] = [
         lambda: PTuningV2Config(num_virtual_tokens=2, modules_to_save=["score"]),
         mergeable=False,
         identity_at_init=False,
+    ),
+    # sparse deltas on the base's own parameters (bias terms, rule-chosen or learned entries)
+    Case("bitfit-bert-cls", "bert", lambda: BitFitConfig(modules_to_save=["classifier"])),
+    Case("bitfit-gpt2", "gpt2", lambda: BitFitConfig()),
+    Case("bitfit-mlp-fc", "mlp", lambda: BitFitConfig(target_modules=["fc1", "fc2"])),
+    Case("selection-llama-last-layer", "llama", lambda: SelectionConfig(rule="last_k_layers", last_k=1)),
+    Case(
+        "selection-bert-cls-smallest",
+        "bert",
+        lambda: SelectionConfig(rule="smallest_magnitude", density=0.05, modules_to_save=["classifier"]),
+    ),
+    Case(
+        "selection-gpt2-smallest",
+        "gpt2",
+        lambda: SelectionConfig(rule="smallest_magnitude", density=0.1, exclude_modules=["wte", "lm_head"]),
+    ),
+    Case("diff-pruning-llama", "llama", lambda: DiffPruningConfig(density=0.1)),
+    Case(
+        "diff-pruning-bert-cls-attention",
+        "bert",
+        lambda: DiffPruningConfig(
+            density=0.05, target_modules=["query", "value"], modules_to_save=["classifier"]
+        ),
     ),
 ]

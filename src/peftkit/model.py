@@ -180,6 +180,37 @@ class PeftModel(nn.Module):
             for layer in layers:
                 layer.disabled = False
 
+    # ---- training hooks (the trainer calls these; each method decides what they do) ---------------
+    def _training_adapters(self) -> Iterator[tuple[str, PeftConfig, Any]]:
+        for name in self.active_adapters:
+            config = self.peft_config[name]
+            if not config.inference_mode:
+                yield name, config, get_method(config)
+
+    def before_training(self, total_steps: int) -> None:
+        for name, config, method in self._training_adapters():
+            method.before_training(self.base_model, config, name, total_steps)
+
+    def regularization_loss(self) -> torch.Tensor | float:
+        """The sum of the trainable adapters' extra loss terms (e.g. AdaLoRA's orthogonality penalty)."""
+        total: torch.Tensor | float = 0.0
+        for name, config, method in self._training_adapters():
+            term = method.regularization_loss(self.base_model, config, name)
+            if term is not None:
+                total = total + term
+        return total
+
+    def after_optimizer_step(self, step: int) -> None:
+        for name, config, method in self._training_adapters():
+            method.after_optimizer_step(self.base_model, config, name, step)
+
+    def write_figures(self, out_dir: str | Path) -> list[Path]:
+        """Each adapter's own figures (AdaLoRA's rank map, AdaPtLoRA's gates) as PNGs in ``out_dir``."""
+        paths: list[Path] = []
+        for name, config in self.peft_config.items():
+            paths += get_method(config).figures(self.base_model, config, name, Path(out_dir))
+        return paths
+
     # ---- merging ---------------------------------------------------------------------------------
     def merge_adapter(self, adapter_names: list[str] | None = None) -> None:
         """Fold adapters into the base weights (zero-latency inference). Merging twice is a no-op."""

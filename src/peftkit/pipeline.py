@@ -241,11 +241,12 @@ def train_run(run: RunConfig, resume: bool = False, show_progress: bool = True) 
     result = trainer.train(resume=resume)
     run.save(out / "run.yaml")
     p.model.save_pretrained(out / "adapter", adapter_names=["default"])  # not model.adapters' copies
-    plot = None
+    plot, figures = None, []
     try:
         from .plotting import plot_metrics
 
         plot = str(plot_metrics(out / "metrics.jsonl", out / "training.png"))
+        figures = [str(f) for f in p.model.write_figures(out)]  # e.g. AdaLoRA's rank map
     except ImportError as err:
         print(f"no plot: {err}")
     final = [r for r in result.history if any(k.startswith("eval_") for k in r)]
@@ -256,6 +257,7 @@ def train_run(run: RunConfig, resume: bool = False, show_progress: bool = True) 
         "best": result.best,
         "adapter": str(out / "adapter"),
         "plot": plot,
+        "figures": figures,
         "report": str(p.model.parameter_report()),
     }
 

@@ -57,6 +57,25 @@ class Method:
         (see :mod:`peftkit.input_adapter`); ``others`` are the model's existing ones, by adapter name."""
         return None
 
+    # ---- training hooks: PeftModel calls them for each active, trainable adapter of the method ---
+    def before_training(
+        self, model: nn.Module, config: PeftConfig, adapter_name: str, total_steps: int
+    ) -> None:
+        """Called once when a trainer starts, with the number of optimizer steps it will take."""
+
+    def regularization_loss(self, model: nn.Module, config: PeftConfig, adapter_name: str) -> Any:
+        """An extra term added to the training loss (a tensor), or None."""
+        return None
+
+    def after_optimizer_step(
+        self, model: nn.Module, config: PeftConfig, adapter_name: str, step: int
+    ) -> None:
+        """Called after optimizer step ``step`` (0-based), before gradients are cleared."""
+
+    def figures(self, model: nn.Module, config: PeftConfig, adapter_name: str, out_dir: Any) -> list[Any]:
+        """PNG files describing the trained adapter (written into ``out_dir``); their paths."""
+        return []
+
     # ---- peft's adapter_config.json -----------------------------------------------------------
     def to_peft_dict(self, config: PeftConfig, model: nn.Module, targets: list[str]) -> dict[str, Any]:
         data = config.to_dict()

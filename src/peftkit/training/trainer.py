@@ -100,8 +100,8 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
+        _after_step(self.model, step)  # before zero_grad: AdaLoRA's importance reads the gradients
         self.optimizer.zero_grad(set_to_none=True)
-        _after_step(self.model, step)
         return total_loss, tokens
 
     # ---- loop --------------------------------------------------------------------------------------
@@ -113,6 +113,7 @@ class Trainer:
             (self.out / "metrics.jsonl").write_text("")
         if self.cfg.gradient_checkpointing:
             _enable_checkpointing(self.model)
+        _before_training(self.model, self.total)
         start, stopped = time.perf_counter(), False
         window: list[tuple[float, int]] = []
         window_start = time.perf_counter()
@@ -211,6 +212,13 @@ def _regularizer(model: nn.Module) -> torch.Tensor | float:
     """A method's extra loss term (e.g. AdaLoRA's orthogonality penalty), when it has one."""
     fn = getattr(model, "regularization_loss", None)
     return fn() if callable(fn) else 0.0
+
+
+def _before_training(model: nn.Module, total_steps: int) -> None:
+    """A method's start-of-training hook (e.g. AdaLoRA's budget needs the number of steps)."""
+    fn = getattr(model, "before_training", None)
+    if callable(fn):
+        fn(total_steps)
 
 
 def _after_step(model: nn.Module, step: int) -> None:

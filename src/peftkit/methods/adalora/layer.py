@@ -1,0 +1,147 @@
+"""The AdaLoRA layer: ``y = base(x) + (alpha / init_r) * ((dropout(x) Q^T) * lambda) P^T`` beside the
+frozen layer (Zhang et al. 2023, eq. 3). peft's names: ``lora_A`` = Q (r, d_in), ``lora_E`` = lambda
+(r, 1), ``lora_B`` = P (d_out, r).
+
+Pruning *masks* a triplet ``(P_i, lambda_i, Q_i)``: ``lambda_i`` is zeroed after each optimizer step
+while it is masked, but ``P_i`` and ``Q_i`` stay and the triplet is scored again at the next
+allocation, so a rank can come back. Saving keeps only unmasked triplets (exact: masked ones add 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ...layer import AdapterLayer
+from ..lora.layer import adapter_dtype
+from .config import AdaLoraConfig
+
+EPS = 1e-5  # peft divides by (ranknum + 1e-5); kept for identical outputs
+
+
+def linear_dims(base: nn.Module, fan_in_fan_out: bool) -> tuple[int, int]:
+    """(d_in, d_out) of a Linear, a GPT-2 Conv1D (weight stored transposed) or a 4-bit Linear."""
+    if hasattr(base, "in_features"):
+        return base.in_features, base.out_features
+    rows, cols = base.weight.shape
+    return (rows, cols) if fan_in_fan_out else (cols, rows)
+
+
+@dataclass
+class Importance:
+    """Smoothed sensitivity ``I_bar`` and uncertainty ``U_bar`` of each element of P, lambda and Q."""
+
+    sensitivity: dict[str, torch.Tensor] = field(default_factory=dict)
+    uncertainty: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def update(self, tensors: dict[str, nn.Parameter], beta1: float, beta2: float) -> None:
+        """Eq. 8-9: ``I_bar <- b1 I_bar + (1 - b1) I``; ``U_bar <- b2 U_bar + (1 - b2) |I - I_bar|``."""
+        for key, p in tensors.items():
+            if p.grad is None:
+                continue
+            ipt = (p.detach() * p.grad).abs()
+            sens = self.sensitivity.get(key, torch.zeros_like(ipt))
+            unc = self.uncertainty.get(key, torch.zeros_like(ipt))
+            sens = beta1 * sens + (1 - beta1) * ipt
+            self.sensitivity[key] = sens
+            self.uncertainty[key] = beta2 * unc + (1 - beta2) * (ipt - sens).abs()
+
+    def score(self, key: str) -> torch.Tensor | None:
+        """``s = I_bar * U_bar`` elementwise (eq. 10)."""
+        if key not in self.sensitivity:
+            return None
+        return self.sensitivity[key] * self.uncertainty[key]
+
+
+class AdaLoraLinear(AdapterLayer):
+    """AdaLoRA on ``nn.Linear`` (4-bit Linear included) and GPT-2's ``Conv1D``."""
+
+    adapter_containers = ("lora_A", "lora_B", "lora_E")
+
+    def __init__(self, base_layer: nn.Module):
+        super().__init__(base_layer)
+        self.fan_in_fan_out = type(base_layer).__name__ == "Conv1D"
+        self.in_features, self.out_features = linear_dims(base_layer, self.fan_in_fan_out)
+        self.lora_A, self.lora_B, self.lora_E = nn.ParameterDict(), nn.ParameterDict(), nn.ParameterDict()
+        self.lora_dropout = nn.ModuleDict()
+        self.scaling: dict[str, float] = {}
+        self.rank_mask: dict[str, torch.Tensor] = {}  # (r,) bool: triplets the budget keeps
+        self.importance: dict[str, Importance] = {}
+
+    def add(self, name: str, config: AdaLoraConfig, module_name: str) -> None:
+        kept = config.kept_for(module_name)
+        r = sum(kept) if kept is not None else config.init_r
+        kw = {"device": self.base.weight.device, "dtype": adapter_dtype(self.base)}
+        self.lora_A[name] = nn.Parameter(torch.randn(r, self.in_features, **kw) * 0.02)  # Q: (r, d_in)
+        self.lora_E[name] = nn.Parameter(torch.zeros(r, 1, **kw))  # lambda: (r, 1), zero: identity at init
+        self.lora_B[name] = nn.Parameter(torch.randn(self.out_features, r, **kw) * 0.02)  # P: (d_out, r)
+        p = config.lora_dropout
+        self.lora_dropout[name] = nn.Dropout(p) if p > 0 else nn.Identity()
+        self.scaling[name] = config.lora_alpha / (config.init_r + EPS)  # peft: alpha / (ranknum + 1e-5)
+        self.rank_mask[name] = torch.ones(r, dtype=torch.bool, device=kw["device"])
+        self.importance[name] = Importance()
+
+    # ---- maths -----------------------------------------------------------------------------------
+    def adapter_delta(self, name: str, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        A, E, B = self.lora_A[name], self.lora_E[name], self.lora_B[name]
+        x = self.lora_dropout[name](x.to(A.dtype))
+        return (x @ (A * E).T) @ B.T * self.scaling[name]  # (..., r) -> (..., d_out)
+
+    def delta_weight(self, name: str) -> torch.Tensor:
+        delta = (
+            self.lora_B[name] @ (self.lora_A[name] * self.lora_E[name]) * self.scaling[name]
+        )  # (d_out, d_in)
+        return delta.T if self.fan_in_fan_out else delta
+
+    def orthogonality(self, name: str) -> torch.Tensor:
+        """``||P^T P - I||_F^2 + ||Q Q^T - I||_F^2`` (eq. 4): keeps P and Q near-orthogonal."""
+        A, B = self.lora_A[name], self.lora_B[name]  # (r, d_in), (d_out, r)
+        eye = torch.eye(A.shape[0], device=A.device, dtype=A.dtype)
+        return (B.T @ B - eye).pow(2).sum() + (A @ A.T - eye).pow(2).sum()
+
+    # ---- allocation ------------------------------------------------------------------------------
+    def update_importance(self, name: str, beta1: float, beta2: float) -> None:
+        tensors = {"A": self.lora_A[name], "E": self.lora_E[name], "B": self.lora_B[name]}
+        self.importance[name].update(tensors, beta1, beta2)
+
+    def triplet_scores(self, name: str) -> torch.Tensor | None:
+        """``(r,)``: ``S_i = s(lambda_i) + mean_j s(Q_ij) + mean_k s(P_ki)`` (eq. 7), or None before
+        any gradient was seen."""
+        imp = self.importance[name]
+        s_e, s_a, s_b = imp.score("E"), imp.score("A"), imp.score("B")
+        if s_e is None or s_a is None or s_b is None:
+            return None
+        return s_e.view(-1) + s_a.mean(dim=1) + s_b.mean(dim=0)
+
+    @torch.no_grad()
+    def apply_mask(self, name: str) -> None:
+        """Zero the singular values of masked triplets (they stay, and can be unmasked later)."""
+        self.lora_E[name].masked_fill_(~self.rank_mask[name][:, None], 0.0)
+
+    def reset_importance(self, name: str) -> None:
+        self.importance[name] = Importance()
+
+    def rank(self, name: str) -> int:
+        return int(self.rank_mask[name].sum())
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+    def export_state_dict(self, name: str) -> dict[str, torch.Tensor]:
+        """peft's tensors with only the kept triplets (masked ones contribute exactly zero)."""
+        state = self.adapter_state_dict(name)
+        if not state or bool(self.rank_mask[name].all()):
+            return state
+        keep = self.rank_mask[name]
+        return {
+            "lora_A": state["lora_A"][keep],
+            "lora_E": state["lora_E"][keep],
+            "lora_B": state["lora_B"][:, keep],
+        }
+
+    def delete(self, name: str) -> None:
+        super().delete(name)
+        for table in (self.scaling, self.rank_mask, self.importance):
+            table.pop(name, None)
+        if name in self.lora_dropout:
+            del self.lora_dropout[name]

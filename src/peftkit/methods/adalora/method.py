@@ -1,0 +1,83 @@
+"""AdaLoRA's registration: layers, the trainer hooks (regulariser, budget, rank map) and peft's format."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from ...errors import ConfigError
+from ...registry import LayerMethod, register_method
+from .allocation import allocate, budget_for, orthogonal_penalty, rank_map
+from .config import AdaLoraConfig
+from .layer import AdaLoraLinear
+
+# peft's AdaLoraConfig inherits LoraConfig: fields AdaLoRA ignores, with the values it accepts
+PEFT_LORA_FIELDS = {"r": None, "init_lora_weights": (True,), "bias": ("none",), "use_rslora": (False,)}
+
+
+@register_method("adalora", config=AdaLoraConfig, peft_type="ADALORA")
+class AdaLoraMethod(LayerMethod):
+    layer_types = {nn.Linear: AdaLoraLinear, Conv1D: AdaLoraLinear}
+
+    def before_training(
+        self, model: nn.Module, config: AdaLoraConfig, adapter_name: str, total_steps: int
+    ) -> None:
+        if config.total_step is None:
+            config.check_schedule(total_steps)
+            config.total_step = total_steps
+        elif config.total_step != total_steps:
+            warnings.warn(
+                f"adalora: total_step={config.total_step} but the trainer takes {total_steps} steps; "
+                "the budget follows total_step",
+                stacklevel=2,
+            )
+        budget_for(model, config, adapter_name)  # fails early on an adapter that cannot be allocated
+
+    def regularization_loss(
+        self, model: nn.Module, config: AdaLoraConfig, adapter_name: str
+    ) -> torch.Tensor | None:
+        if config.orth_reg_weight == 0:
+            return None
+        penalty = orthogonal_penalty(model, adapter_name)
+        return None if penalty is None else config.orth_reg_weight * penalty
+
+    def after_optimizer_step(
+        self, model: nn.Module, config: AdaLoraConfig, adapter_name: str, step: int
+    ) -> None:
+        allocate(model, config, adapter_name, step)
+
+    def figures(
+        self, model: nn.Module, config: AdaLoraConfig, adapter_name: str, out_dir: Path
+    ) -> list[Path]:
+        from ...plotting import plot_heatmap
+
+        rows, cols, grid = rank_map(model, adapter_name)
+        title = f"AdaLoRA ranks ({adapter_name}): init_r={config.init_r}, target_r={config.target_r}"
+        out = out_dir / f"ranks_{adapter_name}.png"
+        return [plot_heatmap(grid, [f"layer {r}" for r in rows], cols, title, out)]
+
+    # ---- peft's adapter_config.json -----------------------------------------------------------
+    def to_peft_dict(self, config: AdaLoraConfig, model: nn.Module, targets: list[str]) -> dict[str, Any]:
+        data = super().to_peft_dict(config, model, targets)
+        data.update(
+            r=8, init_lora_weights=True, bias="none", use_rslora=False, use_dora=False, lora_bias=False
+        )
+        data["fan_in_fan_out"] = any(isinstance(model.get_submodule(t).base, Conv1D) for t in targets)
+        if config.rank_pattern and all(all(kept) for kept in config.rank_pattern.values()):
+            data["rank_pattern"] = None  # nothing pruned: tensors are saved at init_r
+        return data
+
+    def config_from_dict(self, data: dict[str, Any]) -> AdaLoraConfig:
+        data = dict(data)
+        for key, accepted in PEFT_LORA_FIELDS.items():
+            if key in data and accepted is not None and data[key] not in accepted:
+                raise ConfigError(
+                    key, f"adalora: peft option {key}={data[key]!r} is not supported by peftkit"
+                )
+            data.pop(key, None)
+        return super().config_from_dict(data)
