@@ -29,7 +29,7 @@ def main() -> None:
     args = parser.parse_args()
     data = load_yaml(args.config)
     if args.limit:
-        data["data"] = {**data["data"], "limit": args.limit, "eval_limit": args.limit}
+        data["data"] = {**data["data"], "limit": args.limit}
     run = build_run_config(data)
     p = prepare(run)  # the base with adapter "default" (prompt + classifier head)
     names = ["default"] + [f"prompt{k}" for k in range(1, args.members)]
