@@ -13,7 +13,10 @@ from peftkit import (
     PTuningConfig,
     PTuningV2Config,
 )
+from peftkit.methods.bitfit import BitFitConfig
+from peftkit.methods.diff_pruning import DiffPruningConfig
 from peftkit.methods.full import FullConfig
+from peftkit.methods.selection import SelectionConfig
 
 CASES: list[Case] = [
     Case(
@@ -204,5 +207,28 @@ CASES: list[Case] = [
         lambda: PTuningV2Config(num_virtual_tokens=2, modules_to_save=["score"]),
         mergeable=False,
         identity_at_init=False,
+    ),
+    # sparse deltas on the base's own parameters (bias terms, rule-chosen or learned entries)
+    Case("bitfit-bert-cls", "bert", lambda: BitFitConfig(modules_to_save=["classifier"])),
+    Case("bitfit-gpt2", "gpt2", lambda: BitFitConfig()),
+    Case("bitfit-mlp-fc", "mlp", lambda: BitFitConfig(target_modules=["fc1", "fc2"])),
+    Case("selection-llama-last-layer", "llama", lambda: SelectionConfig(rule="last_k_layers", last_k=1)),
+    Case(
+        "selection-bert-cls-smallest",
+        "bert",
+        lambda: SelectionConfig(rule="smallest_magnitude", density=0.05, modules_to_save=["classifier"]),
+    ),
+    Case(
+        "selection-gpt2-smallest",
+        "gpt2",
+        lambda: SelectionConfig(rule="smallest_magnitude", density=0.1, exclude_modules=["wte", "lm_head"]),
+    ),
+    Case("diff-pruning-llama", "llama", lambda: DiffPruningConfig(density=0.1)),
+    Case(
+        "diff-pruning-bert-cls-attention",
+        "bert",
+        lambda: DiffPruningConfig(
+            density=0.05, target_modules=["query", "value"], modules_to_save=["classifier"]
+        ),
     ),
 ]

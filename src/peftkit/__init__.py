@@ -6,7 +6,9 @@ from .decoding import DecodingConfig, GenerationOutput, generate
 from .errors import AdapterError, BaseModelMismatchError, CheckpointError, ConfigError, TargetError
 from .layer import BASE_ROW, AdapterLayer
 from .methods.adalora import AdaLoraConfig
+from .methods.bitfit import BitFitConfig
 from .methods.bottleneck import BottleneckConfig, Stack
+from .methods.diff_pruning import DiffPruningConfig
 from .methods.full import FullConfig
 from .methods.fusion import FusionConfig, fusion_attention
 from .methods.lora import LoraConfig
@@ -14,6 +16,7 @@ from .methods.p_tuning import PTuningConfig
 from .methods.p_tuning_v2 import PTuningV2Config
 from .methods.prefix_tuning import PrefixTuningConfig
 from .methods.prompt_tuning import PromptTuningConfig
+from .methods.selection import SelectionConfig
 from .model import ParameterReport, PeftModel, get_peft_model
 from .registry import LayerMethod, Method, get_method, list_methods, register_method
 
@@ -25,10 +28,12 @@ __all__ = [
     "AdapterError",
     "AdapterLayer",
     "BaseModelMismatchError",
+    "BitFitConfig",
     "BottleneckConfig",
     "CheckpointError",
     "ConfigError",
     "DecodingConfig",
+    "DiffPruningConfig",
     "GenerationOutput",
     "FullConfig",
     "FusionConfig",
@@ -38,6 +43,7 @@ __all__ = [
     "PTuningV2Config",
     "Method",
     "ParameterReport",
+    "SelectionConfig",
     "Stack",
     "PeftConfig",
     "PeftModel",
