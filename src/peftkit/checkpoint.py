@@ -29,6 +29,8 @@ KEY_PREFIX = "base_model.model."
 def base_weight_shape(module: nn.Module) -> list[int] | None:
     base = getattr(module, "base", module)  # an adapter layer stands for the module it wraps
     weight = getattr(base, "weight", None)
+    if getattr(weight, "quant_state", None) is not None:  # a 4-bit weight is packed: use the logical shape
+        return [base.out_features, base.in_features]
     return list(weight.shape) if isinstance(weight, torch.Tensor) else None
 
 

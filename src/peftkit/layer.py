@@ -124,9 +124,17 @@ class AdapterLayer(nn.Module):
             delta = self.delta_weight(name)
             if delta is None:
                 raise AdapterError(f"{type(self).__name__} cannot merge adapter {name!r}")
+            self._dequantize_base()
             with torch.no_grad():
                 self.base.weight.add_(delta.to(self.base.weight.dtype))
             self.merged.append(name)
+
+    def _dequantize_base(self) -> None:
+        """A 4-bit base cannot take a delta: it becomes its dequantised full-precision copy (for good)."""
+        from .quantization import dequantize_linear, is_quantized
+
+        if is_quantized(self.base):
+            setattr(self, self.base_attr, dequantize_linear(self.base))
 
     def unmerge(self) -> None:
         while self.merged:

@@ -19,6 +19,7 @@ from .errors import AdapterError, CheckpointError
 from .input_adapter import PEFT_KEY, forward_with_virtual_tokens
 from .layer import BASE_ROW, AdapterLayer, adapter_layers, rows_for_batch
 from .modules_to_save import wrap_modules_to_save
+from .quantization import dequantize_model, quantized_layers
 from .registry import get_method, get_parent, method_for_saved_config
 
 
@@ -236,9 +237,14 @@ class PeftModel(nn.Module):
         return self.base_model
 
     def merge_and_unload(self) -> nn.Module:
-        """Merge the active adapters and return the plain base model holding the merged weights."""
+        """Merge the active adapters and return the plain base model holding the merged weights.
+
+        On a 4-bit base (QLoRA) the result is a dequantised full-precision model (with a warning):
+        a 4-bit weight cannot hold the merged delta."""
+        was_4bit = bool(quantized_layers(self.base_model))
         self.merge_adapter()
-        return self._replace_layers(lambda layer: getattr(layer, "unwrapped", lambda: layer.base)())
+        model = self._replace_layers(lambda layer: getattr(layer, "unwrapped", lambda: layer.base)())
+        return dequantize_model(model) if was_4bit else model
 
     def unload(self) -> nn.Module:
         """Remove every adapter (unmerging first) and return the original base model."""

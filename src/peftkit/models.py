@@ -101,15 +101,29 @@ def resolve_model_path(name_or_path: str) -> str:
 
 
 def load_model(
-    name_or_path: str, task: str = "causal-lm", dtype: torch.dtype = torch.float32, **kwargs: Any
+    name_or_path: str,
+    task: str = "causal-lm",
+    dtype: torch.dtype = torch.float32,
+    quantize: str | None = None,
+    compute_dtype: torch.dtype = torch.bfloat16,
+    **kwargs: Any,
 ) -> tuple[Any, Any]:
-    """Load ``(model, tokenizer)``; ``task`` picks the Auto class, ``kwargs`` go to the model loader."""
+    """Load ``(model, tokenizer)``; ``task`` picks the Auto class, ``kwargs`` go to the model loader.
+
+    ``quantize="nf4"`` stores every linear layer but the output head in 4-bit NF4 with double
+    quantisation (QLoRA; needs bitsandbytes), computing in ``compute_dtype``; see
+    :mod:`peftkit.quantization`.
+    """
     if task not in TASKS:
         raise ValueError(f"Unknown task {task!r}; expected one of: {', '.join(TASKS)}")
     import transformers
 
     path = resolve_model_path(name_or_path)
     model = getattr(transformers, TASKS[task]).from_pretrained(path, dtype=dtype, **kwargs)
+    if quantize:
+        from .quantization import quantize_model
+
+        quantize_model(model, quantize, compute_dtype)
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -49,7 +49,19 @@ def load_base(run: RunConfig, spec: TaskSpec):
 
     kwargs = {"num_labels": len(spec.label_list())} if spec.type == "classification" else {}
     dtype = getattr(torch, run.model.dtype)
-    return load_model(run.model.name, task=model_task(spec), dtype=dtype, **kwargs)
+    model, tok = load_model(
+        run.model.name,
+        task=model_task(spec),
+        dtype=dtype,
+        quantize=run.model.quantize,
+        compute_dtype=getattr(torch, run.model.compute_dtype),
+        **kwargs,
+    )
+    if run.model.quantize:
+        from .quantization import quant_stats
+
+        print(quant_stats(model))
+    return model, tok
 
 
 def read_split(run: RunConfig) -> tuple[list[dict], list[dict]]:

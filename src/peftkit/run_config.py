@@ -26,11 +26,14 @@ from .registry import config_from_dict, get_method
 from .training import TrainConfig
 
 DTYPES = ("float32", "bfloat16")
+QUANTIZE = ("nf4",)
 
 
 @dataclass
 class ModelSection:
     """Args: name: packaged name, local directory or hub id. dtype: weights' dtype.
+    quantize: ``nf4`` stores the base's linear layers in 4 bits (QLoRA; needs bitsandbytes), each
+    matmul computed in ``compute_dtype``.
     adapters: saved adapters loaded (frozen) before the run's own adapter is added, as
     ``{name: folder}``: the adapters an AdapterFusion fuses, or the lower adapters of a stack.
     """
@@ -38,9 +41,14 @@ class ModelSection:
     name: str = "smollm2-135m"
     dtype: str = "float32"
     adapters: dict[str, str] | None = field(default_factory=dict)
+    quantize: str | None = None
+    compute_dtype: str = "bfloat16"
 
     def __post_init__(self) -> None:
         check_choice("model.dtype", self.dtype, DTYPES)
+        check_choice("model.compute_dtype", self.compute_dtype, DTYPES)
+        if self.quantize is not None:
+            check_choice("model.quantize", self.quantize, QUANTIZE)
         self.adapters = {} if self.adapters is None else self.adapters
         if not isinstance(self.adapters, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in self.adapters.items()

@@ -9,6 +9,11 @@ def add_model_args(p: argparse.ArgumentParser, task_choices: bool = True) -> Non
     p.add_argument("--model", default="smollm2-135m", help="base model: packaged name, local dir or hub id")
     p.add_argument("--adapter", help="adapter folder (peftkit or peft format)")
     p.add_argument(
+        "--quantize",
+        choices=["nf4"],
+        help="load the base's linear layers in 4-bit NF4 (QLoRA; needs bitsandbytes)",
+    )
+    p.add_argument(
         "--allow-pickle", action="store_true", help="allow pickled adapter_model.bin (trusted sources only)"
     )
     if task_choices:
@@ -25,7 +30,7 @@ def load_with_adapter(args: argparse.Namespace, task: str | None = None):
     from ..model import PeftModel
     from ..models import load_model
 
-    model, tok = load_model(args.model, task=task or args.task)
+    model, tok = load_model(args.model, task=task or args.task, quantize=getattr(args, "quantize", None))
     if args.adapter:
         model = PeftModel.from_pretrained(model, args.adapter, allow_pickle=args.allow_pickle)
     model.eval()

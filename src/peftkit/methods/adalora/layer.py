@@ -15,18 +15,10 @@ import torch
 from torch import nn
 
 from ...layer import AdapterLayer
-from ..lora.layer import adapter_dtype
+from ..lora.layer import adapter_dtype, linear_dims
 from .config import AdaLoraConfig
 
 EPS = 1e-5  # peft divides by (ranknum + 1e-5); kept for identical outputs
-
-
-def linear_dims(base: nn.Module, fan_in_fan_out: bool) -> tuple[int, int]:
-    """(d_in, d_out) of a Linear, a GPT-2 Conv1D (weight stored transposed) or a 4-bit Linear."""
-    if hasattr(base, "in_features"):
-        return base.in_features, base.out_features
-    rows, cols = base.weight.shape
-    return (rows, cols) if fan_in_fan_out else (cols, rows)
 
 
 @dataclass

@@ -12,7 +12,17 @@ from transformers.pytorch_utils import Conv1D
 
 from ...errors import ConfigError
 from ...layer import AdapterLayer, rows_for_batch
+from ...quantization import is_quantized
 from .config import LoraConfig
+
+
+def linear_dims(base: nn.Module, fan_in_fan_out: bool) -> tuple[int, int]:
+    """(d_in, d_out) of a Linear (4-bit ones included: their packed weight has another shape) or of a
+    GPT-2 Conv1D (weight stored transposed)."""
+    if isinstance(base, nn.Linear):
+        return base.in_features, base.out_features
+    rows, cols = base.weight.shape
+    return (rows, cols) if fan_in_fan_out else (cols, rows)
 
 
 def adapter_dtype(base: nn.Module) -> torch.dtype:
@@ -29,8 +39,7 @@ class LoraLinear(AdapterLayer):
     def __init__(self, base_layer: nn.Module):
         super().__init__(base_layer)
         self.fan_in_fan_out = isinstance(base_layer, Conv1D)
-        out_f, in_f = base_layer.weight.shape
-        self.in_features, self.out_features = (out_f, in_f) if self.fan_in_fan_out else (in_f, out_f)
+        self.in_features, self.out_features = linear_dims(base_layer, self.fan_in_fan_out)
         self.lora_A, self.lora_B = nn.ModuleDict(), nn.ModuleDict()
         self.lora_dropout = nn.ModuleDict()
         self.scaling: dict[str, float] = {}
@@ -63,6 +72,8 @@ class LoraLinear(AdapterLayer):
             raise ConfigError(
                 "init_lora_weights", "pissa rewrites the base weight; use it on a layer with no other adapter"
             )
+        if is_quantized(self.base):
+            raise ConfigError("init_lora_weights", "pissa rewrites the base weight, which is 4-bit here")
         W = self.base.weight.detach().float()
         W = W.T if self.fan_in_fan_out else W  # (d_out, d_in)
         r, s = self.lora_A[name].out_features, self.scaling[name]
