@@ -110,7 +110,7 @@ def rank_map(model: nn.Module, name: str) -> tuple[list[str], list[str], list[li
     cells: dict[tuple[str, str], int] = {}
     for path, layer in adalora_layers(model, name):
         index = layer_index(path)
-        row = str(index) if index is not None else "-"
+        row = str(index) if index is not None else "outside layers"
         cells[(row, _column(path, index))] = layer.rank(name)
     rows = sorted({r for r, _ in cells}, key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0))
     cols = sorted({c for _, c in cells})

@@ -59,7 +59,8 @@ class AdaLoraMethod(LayerMethod):
         rows, cols, grid = rank_map(model, adapter_name)
         title = f"AdaLoRA ranks ({adapter_name}): init_r={config.init_r}, target_r={config.target_r}"
         out = out_dir / f"ranks_{adapter_name}.png"
-        return [plot_heatmap(grid, [f"layer {r}" for r in rows], cols, title, out)]
+        labels = [f"layer {r}" if r.isdigit() else r for r in rows]
+        return [plot_heatmap(grid, labels, cols, title, out)]
 
     # ---- peft's adapter_config.json -----------------------------------------------------------
     def to_peft_dict(self, config: AdaLoraConfig, model: nn.Module, targets: list[str]) -> dict[str, Any]:
