@@ -36,6 +36,15 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-repeat-ngram-size", type=int, default=0, help="forbid repeating n-grams (0: off)")
     p.add_argument("--stop", action="append", default=[], help="stop at this string (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument(
+        "--proxy-expert",
+        help="proxy-tuning: the tuned small model, an adapter folder (applied to --proxy-antiexpert, one "
+        "model in memory) or a full model",
+    )
+    p.add_argument("--proxy-antiexpert", help="proxy-tuning: the untuned small model (name or folder)")
+    p.add_argument(
+        "--proxy-alpha", type=float, default=1.0, help="proxy-tuning: s_M + alpha (s_M+ - s_M-) (default 1)"
+    )
 
 
 def strategy(args: argparse.Namespace) -> str:
@@ -68,6 +77,17 @@ def decoding_options(args: argparse.Namespace) -> dict:
     return options
 
 
+def proxy_hook(args: argparse.Namespace, model):
+    """Proxy-tuning's logits hook from --proxy-expert/--proxy-antiexpert, or None without them."""
+    if not (args.proxy_expert or args.proxy_antiexpert):
+        return None
+    if not args.proxy_expert:
+        raise ValueError("--proxy-antiexpert needs --proxy-expert (the tuned small model or adapter folder)")
+    from ..composition.proxy import load_proxy
+
+    return load_proxy(model, args.proxy_expert, args.proxy_antiexpert, args.proxy_alpha, args.allow_pickle)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..data import sft_prompt
     from ..decoding import TextStreamer, cut_at_stop_string, generate
@@ -77,12 +97,14 @@ def run(args: argparse.Namespace) -> int:
     if not prompt.strip():
         raise ValueError("empty prompt: pass one as an argument or on standard input")
     model, tok = load_with_adapter(args, task="causal-lm")
+    hook = proxy_hook(args, model)
     config = decoding_config(tok, args.max_new_tokens, **decoding_options(args))
     text = prompt if args.raw else sft_prompt(tok, prompt, args.system)
     enc = tok(text, return_tensors="pt", add_special_tokens=args.raw or not tok.chat_template)
     streaming = config.strategy != "beam" and not config.stop_strings
     streamer = TextStreamer(tok) if streaming else None
-    out = generate(model, enc["input_ids"], enc["attention_mask"], config, tokenizer=tok, streamer=streamer)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    out = generate(model, ids, mask, config, tokenizer=tok, streamer=streamer, logits_hook=hook)
     if streamer is not None:
         streamer.end()
     else:
