@@ -6,6 +6,7 @@ from conftest import Case
 
 from peftkit import (
     AdaLoraConfig,
+    AdaPtLoraConfig,
     BottleneckConfig,
     LoraConfig,
     PrefixTuningConfig,
@@ -89,6 +90,42 @@ CASES: list[Case] = [
             modules_to_save=["classifier"],
             rank_pattern={"bert.encoder.layer.0.attention.self.query.lora_E": [True, False, True]},
         ),
+    ),
+    # AdaPtLoRA: a prompt per task (outputs change at init), LoRA gated per task (nothing to merge)
+    Case(
+        "adaptlora-llama-two-tasks",
+        "llama",
+        lambda: AdaPtLoraConfig(
+            tasks=["a", "b"], default_task="b", num_virtual_tokens=2, r=4, target_modules=["q_proj", "v_proj"]
+        ),
+        mergeable=False,
+        identity_at_init=False,
+    ),
+    Case(
+        "adaptlora-bert-cls",
+        "bert",
+        lambda: AdaPtLoraConfig(
+            tasks=["x"],
+            default_task="x",
+            r=2,
+            target_modules=["query", "value"],
+            modules_to_save=["classifier"],
+        ),
+        mergeable=False,
+        identity_at_init=False,
+    ),
+    Case(
+        "adaptlora-gpt2-conv1d",
+        "gpt2",
+        lambda: AdaPtLoraConfig(
+            tasks=["a", "b"],
+            default_task="a",
+            num_virtual_tokens=3,
+            prompt_init="random",
+            target_modules=["c_attn"],
+        ),
+        mergeable=False,
+        identity_at_init=False,
     ),
     Case("full-llama", "llama", lambda: FullConfig()),
     Case("full-bert-cls", "bert", lambda: FullConfig(modules_to_save=["classifier"])),

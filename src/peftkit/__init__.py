@@ -6,6 +6,7 @@ from .decoding import DecodingConfig, GenerationOutput, generate
 from .errors import AdapterError, BaseModelMismatchError, CheckpointError, ConfigError, TargetError
 from .layer import BASE_ROW, AdapterLayer
 from .methods.adalora import AdaLoraConfig
+from .methods.adaptlora import AdaPtLoraConfig
 from .methods.bitfit import BitFitConfig
 from .methods.bottleneck import BottleneckConfig, Stack
 from .methods.diff_pruning import DiffPruningConfig
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdaLoraConfig",
+    "AdaPtLoraConfig",
     "BASE_ROW",
     "AdapterError",
     "AdapterLayer",

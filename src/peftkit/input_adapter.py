@@ -457,12 +457,20 @@ def forward_with_virtual_tokens(model: nn.Module, args: tuple, kwargs: dict, row
     if args:
         names = list(inspect.signature(model.forward).parameters)
         kwargs = {**dict(zip(names, args)), **kwargs}
+    keep = kwargs.get("logits_to_keep") or 0  # decoding asks for the last position's logits only
+    packed = kwargs.get("past_key_values") is None  # then rows end in unused slots: gather, then keep
+    if keep and packed:
+        kwargs = {k: v for k, v in kwargs.items() if k != "logits_to_keep"}
     done = transform_inputs(model, kwargs, rows)
     out = model(**done.kwargs)
     logits = getattr(out, "logits", None)
+    if keep and not packed:  # virtual slots sit in front: the last positions are real tokens
+        return out
     if done.starts is not None and isinstance(logits, torch.Tensor) and logits.dim() == 3:
         index = torch.tensor(done.starts, device=logits.device)[:, None] + torch.arange(
             done.length, device=logits.device
         )  # (B, L): each row's real positions
         out["logits"] = logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1]))
+    if keep and isinstance(logits, torch.Tensor) and logits.dim() == 3:
+        out["logits"] = out["logits"][:, -keep:]
     return out

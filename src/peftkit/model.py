@@ -56,6 +56,7 @@ class PeftModel(nn.Module):
         self.active_adapters: list[str] = []
         self.input_adapters = nn.ModuleDict()  # model-level adapters (virtual tokens), by adapter name
         self._inputs_disabled = False
+        self._tasks: str | list[str] | None = None  # task-conditioned adapters (AdaPtLoRA): see task()
         for p in model.parameters():
             p.requires_grad_(False)
         self.add_adapter(adapter_name, config)
@@ -71,6 +72,7 @@ class PeftModel(nn.Module):
             return
         params = [p for p in base.parameters.values() if p.kind != p.VAR_KEYWORD]
         params.append(inspect.Parameter("adapter_names", inspect.Parameter.KEYWORD_ONLY, default=None))
+        params.append(inspect.Parameter("tasks", inspect.Parameter.KEYWORD_ONLY, default=None))
         params += [p for p in base.parameters.values() if p.kind == p.VAR_KEYWORD]
         cls_forward = type(self).forward
 
@@ -275,15 +277,46 @@ class PeftModel(nn.Module):
             for layer in layers:
                 layer.row_adapters = None
 
-    def forward(self, *args, adapter_names: list[str] | None = None, **kwargs):
-        """Forward through the base; ``adapter_names`` gives each row its own adapter ('__base__': none)."""
-        with self._row_adapters(adapter_names):
-            rows = self._input_rows(adapter_names, args, kwargs)
+    @contextmanager
+    def task(self, name: str | list[str]):
+        """Inside the block, rows run as task ``name`` (or ``name[i]`` per row) for task-conditioned
+        adapters (AdaPtLoRA): forward, evaluation and decoding alike."""
+        previous, self._tasks = self._tasks, name
+        try:
+            yield self
+        finally:
+            self._tasks = previous
+
+    @contextmanager
+    def _row_tasks(self, tasks: str | list[str] | None):
+        """Tell every task-conditioned module (a ``set_row_tasks`` method) the rows' tasks."""
+        if tasks is None:
+            yield
+            return
+        modules = [m for m in self.modules() if callable(getattr(m, "set_row_tasks", None))]
+        for module in modules:
+            module.set_row_tasks(tasks)
+        try:
+            yield
+        finally:
+            for module in modules:
+                module.set_row_tasks(None)
+
+    def forward(
+        self, *args, adapter_names: list[str] | None = None, tasks: str | list[str] | None = None, **kwargs
+    ):
+        """Forward through the base; ``adapter_names`` gives each row its own adapter ('__base__': none),
+        ``tasks`` each row its task (task-conditioned adapters such as AdaPtLoRA; or use :meth:`task`)."""
+        tasks = self._tasks if tasks is None else tasks
+        with self._row_adapters(adapter_names), self._row_tasks(tasks):
+            rows = self._input_rows(adapter_names, args, kwargs, tasks)
             if rows is None:
                 return self.base_model(*args, **kwargs)
             return forward_with_virtual_tokens(self.base_model, args, kwargs, rows)
 
-    def _input_rows(self, adapter_names: list[str] | None, args: tuple, kwargs: dict) -> list | None:
+    def _input_rows(
+        self, adapter_names: list[str] | None, args: tuple, kwargs: dict, tasks: str | list[str] | None = None
+    ) -> list | None:
         """Each row's model-level adapter (None: none), or None when no row of the batch has one."""
         if self._inputs_disabled or not len(self.input_adapters):
             return None
@@ -299,7 +332,16 @@ class PeftModel(nn.Module):
             return None
         mine = dict(self.input_adapters)
         rows = [mine.get(n) for n in adapter_names]
-        return rows_for_batch(rows, ref.shape[0]) if any(r is not None for r in rows) else None
+        if not any(r is not None for r in rows):
+            return None
+        rows = rows_for_batch(rows, ref.shape[0])
+        per_row = (
+            [tasks] * len(rows)
+            if tasks is None or isinstance(tasks, str)
+            else rows_for_batch(tasks, len(rows))
+        )
+        # a task-conditioned adapter serves each row with its task's view (AdaPtLoRA's prompt per task)
+        return [r.for_task(t) if hasattr(r, "for_task") else r for r, t in zip(rows, per_row)]
 
     def generate(
         self,

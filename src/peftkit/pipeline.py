@@ -168,13 +168,17 @@ def _batches(examples: list[dict], collate, size: int = 32):
 
 def _classification(model, tok, spec, examples, collate):
     def eval_fn(m) -> dict[str, float]:
-        preds, labels, losses = [], [], []
+        preds, labels, losses, tasks = [], [], [], []
         for batch in _batches(examples, collate):
             out = m(**batch)
             losses.append(out.loss.item() * len(batch["labels"]))
             preds += out.logits.argmax(-1).tolist()
             labels += batch["labels"].tolist()
-        return _scores(preds, labels, sum(losses) / max(len(labels), 1))
+            tasks += batch.get("tasks", [])
+        return {
+            **_scores(preds, labels, sum(losses) / max(len(labels), 1)),
+            **_per_task(preds, labels, tasks),
+        }
 
     return (lambda m, b: m(**b).loss), eval_fn
 
@@ -216,6 +220,15 @@ def _lm(model, tok, spec, examples, collate):
         return {"eval_loss": loss, "eval_perplexity": float(torch.tensor(loss).exp())}
 
     return (lambda m, b: m(**b).loss), eval_fn
+
+
+def _per_task(preds: list[int], labels: list[int], tasks: list[str]) -> dict[str, float]:
+    """Multi-task data (``task.task_column``): accuracy on each task's rows too."""
+    out = {}
+    for task in dict.fromkeys(tasks):
+        rows = [i for i, t in enumerate(tasks) if t == task]
+        out[f"eval_accuracy_{task}"] = accuracy([preds[i] for i in rows], [labels[i] for i in rows])
+    return out
 
 
 def _scores(preds: list[int], labels: list[int], loss: float) -> dict[str, float]:

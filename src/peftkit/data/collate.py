@@ -72,6 +72,9 @@ class Collator:
         ]
         batch = {}
         for key, first in examples[0].items():
+            if isinstance(first, str):  # e.g. each row's task name: passed on as a list
+                batch[key] = [e[key] for e in examples]
+                continue
             is_seq = isinstance(first, (list, tuple))
             batch[key] = self._pad(key, examples) if is_seq else torch.tensor([e[key] for e in examples])
         if self.padding_side == "left":

@@ -45,6 +45,8 @@ class TaskSpec:
         system_prompt: sft system message, used unless a chat already starts with one.
         model_kind: cloze only: ``"causal"`` scores the token after the prompt, ``"masked"`` scores
             the tokenizer's mask token.
+        task_column: multi-task data: the column naming each record's task; examples then carry it
+            as ``tasks`` and batches pass it to the model (task-conditioned adapters such as AdaPtLoRA).
     """
 
     type: str
@@ -62,6 +64,7 @@ class TaskSpec:
     max_length: int = 256
     system_prompt: str | None = None
     model_kind: str = "causal"
+    task_column: str | None = None
 
     def __post_init__(self) -> None:
         _check_choice("type", self.type, TASK_TYPES)
@@ -114,6 +117,10 @@ class TaskSpec:
 
     def required_columns(self) -> list[str]:
         """Columns every record needs (pass to ``read_records(required=...)``)."""
+        task = [self.task_column] if self.task_column else []
+        return self._input_columns() + task
+
+    def _input_columns(self) -> list[str]:
         if self.type == "sft":
             return (
                 [self.messages_column] if self.messages_column else [self.prompt_column, self.response_column]
@@ -206,6 +213,8 @@ def encode(records: Sequence[dict[str, Any]] | ReadResult, tokenizer: Any, spec:
         if row.example is None:
             dropped[row.dropped or "unknown"] += 1
             continue
+        if spec.task_column:
+            row.example["tasks"] = str(get_field(record, spec.task_column, i))
         examples.append(row.example)
         truncated += row.truncated
     if not examples:

@@ -1,0 +1,55 @@
+"""AdaPtLoRA's registration: gated LoRA layers where targeted, per-task prompts at the input, the gates
+as a figure. Saved in peft's layout (keys ``lora_A.weight``, ``lora_B.weight``, ``lora_gate``, and
+``prompt_embeddings`` of shape ``(tasks * l_p, d)``); peft has no such method, so the config names
+``peftkit_method: adaptlora``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from ...input_adapter import model_dims
+from ...layer import adapter_layers
+from ...registry import LayerMethod, register_method
+from .config import AdaPtLoraConfig
+from .layer import GatedLoraLinear, TaskPrompts
+
+
+@register_method("adaptlora", config=AdaPtLoraConfig)
+class AdaPtLoraMethod(LayerMethod):
+    layer_types = {nn.Linear: GatedLoraLinear, Conv1D: GatedLoraLinear}
+
+    def input_adapter(
+        self, model: nn.Module, config: AdaPtLoraConfig, others: dict[str, nn.Module]
+    ) -> TaskPrompts:
+        words = model.get_input_embeddings()
+        prompts = TaskPrompts(config, model_dims(model).hidden, words.weight.device)
+        if config.prompt_init == "vocab" and not config.inference_mode:
+            prompts.init_from_vocabulary(words)
+        return prompts
+
+    def figures(
+        self, model: nn.Module, config: AdaPtLoraConfig, adapter_name: str, out_dir: Path
+    ) -> list[Path]:
+        from ...plotting import plot_heatmap
+
+        values = gate_values(model, adapter_name)
+        modules = list(values)
+        grid = [[values[m][t] for t in config.tasks] for m in modules]
+        title = f"AdaPtLoRA gates s_t = sigmoid(g_t) ({adapter_name})"
+        return [plot_heatmap(grid, modules, list(config.tasks), title, out_dir / f"gates_{adapter_name}.png")]
+
+
+def gate_values(model: nn.Module, adapter_name: str) -> dict[str, dict[str, float]]:
+    """``{module path: {task: s_t}}``: how much each task uses the shared LoRA of each layer."""
+    out: dict[str, dict[str, float]] = {}
+    for path, layer in adapter_layers(getattr(model, "base_model", model)):
+        if isinstance(layer, GatedLoraLinear) and adapter_name in layer.lora_gate:
+            tasks = layer.configs[adapter_name].tasks
+            with torch.no_grad():
+                s = torch.sigmoid(layer.lora_gate[adapter_name]).tolist()
+            out[path] = dict(zip(tasks, s))
+    return out
