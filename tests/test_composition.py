@@ -112,3 +112,74 @@ def test_errors_name_the_problem():
         add_weighted_adapter(model, ["a", "b"], [1.0, 1.0], "m", combination="ties")
     with pytest.raises(AdapterError, match="unknown adapter"):
         add_weighted_adapter(model, ["a", "zzz"], [1.0, 1.0], "m", combination="cat")
+
+
+# --- LoRAHub ------------------------------------------------------------------------------------
+
+nevergrad = pytest.importorskip("nevergrad")
+
+
+def hub_setup():
+    """Three random LoRAs and few-shot targets that adapter 'a' predicts (so composing can help)."""
+    model = two_loras()
+    model.add_adapter("c", LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS))
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for _, layer in model.layers():
+            for p in layer.adapter_parameters("c"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    ids = torch.randint(3, 96, (4, 8), generator=g)
+    model.set_adapter("a")
+    with torch.no_grad():
+        teacher = model(input_ids=ids).logits.argmax(-1)  # (4, 8)
+    labels = torch.full_like(ids, -100)
+    labels[:, 1:] = teacher[:, :-1]
+    return model, [{"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}]
+
+
+def test_lorahub_finds_better_weights_within_bounds_and_is_deterministic():
+    from peftkit.composition.lorahub import LoraHubConfig, few_shot_loss, lorahub_search
+
+    config = LoraHubConfig(budget=25, seed=1)
+    model, batches = hub_setup()
+    first = lorahub_search(model, ["a", "b", "c"], batches, config, progress=False)
+    assert len(first.history) == 25 and len(first.weights) == 3
+    assert all(-1.5 <= w <= 1.5 for h in first.history for w in h["weights"])
+    # the adapter left in the model holds the chosen weights
+    assert few_shot_loss(model, batches) == pytest.approx(first.loss)
+    write_zero = LoraHubConfig(budget=1, seed=1)  # budget 1: only the starting point, w = 0
+    model0, _ = hub_setup()
+    at_zero = lorahub_search(model0, ["a", "b", "c"], batches, write_zero, progress=False)
+    assert at_zero.weights == [0.0, 0.0, 0.0]
+    assert first.objective < at_zero.objective
+    again, _ = hub_setup()
+    second = lorahub_search(again, ["a", "b", "c"], batches, config, progress=False)
+    assert second.weights == first.weights and second.history == first.history
+
+
+def test_lorahub_config_errors():
+    from peftkit.composition.lorahub import LoraHubConfig
+
+    with pytest.raises(ConfigError, match="lower/upper"):
+        LoraHubConfig(lower=0.5)
+    with pytest.raises(ConfigError, match="budget"):
+        LoraHubConfig(budget=0)
+    with pytest.raises(ConfigError, match="combination"):
+        LoraHubConfig(combination="svd")
+
+
+def test_few_shot_batches_score_the_output_tokens_only():
+    from tiny_tokenizer import tiny_tokenizer
+
+    from peftkit.composition.lorahub import few_shot_batches
+
+    tok = tiny_tokenizer()
+    records = [{"input": "the cat", "output": "sat on the mat"}, {"input": "a dog", "output": "hello"}]
+    (batch,) = few_shot_batches(tok, records, batch_size=8)
+    prompt = len(tok("the cat\n")["input_ids"])
+    assert (batch["labels"][0, :prompt] == -100).all()
+    assert (batch["labels"][0, prompt:] != -100).sum() == len(
+        tok("sat on the mat", add_special_tokens=False)["input_ids"]
+    ) + 1
+    with pytest.raises(ValueError, match="no value for column 'output'"):
+        few_shot_batches(tok, [{"input": "x"}])

@@ -69,3 +69,42 @@ def test_generate_proxy_errors(tmp_path):
         "vocabular",
     )
     fails(peftkit_cli(*args, "--proxy-antiexpert", llama), "generate", "--proxy-expert")
+
+
+def test_compose_with_weights_and_with_lorahub(tmp_path):
+    import json
+
+    import pytest
+
+    from peftkit import PeftModel
+    from peftkit.composition import add_weighted_adapter
+
+    pytest.importorskip("nevergrad")
+    llama = save_llama(tmp_path / "llama")
+    a, b = save_adapter(llama, tmp_path / "a", seed=1), save_adapter(llama, tmp_path / "b", seed=2)
+    base = ("compose", "--model", llama, "--adapters", a, b)
+    ok(peftkit_cli(*base, "--weights", "0.5", "-1", "--combination", "cat", "--out", tmp_path / "cat"))
+    composed = PeftModel.from_pretrained(
+        transformers.AutoModelForCausalLM.from_pretrained(llama), tmp_path / "cat"
+    )
+    ref = PeftModel.from_pretrained(
+        transformers.AutoModelForCausalLM.from_pretrained(llama), a, adapter_name="a"
+    )
+    ref.load_adapter(b, adapter_name="b")
+    add_weighted_adapter(ref, ["a", "b"], [0.5, -1.0], "m", combination="cat")
+    ids = torch.randint(3, 40, (2, 6), generator=torch.Generator().manual_seed(0))
+    ref.set_adapter("m")
+    torch.testing.assert_close(composed(input_ids=ids).logits, ref(input_ids=ids).logits)
+
+    few = tmp_path / "few.jsonl"
+    rows = [{"input": "the cat", "output": "sat on the mat"}, {"input": "a dog", "output": "hello world"}]
+    few.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    search = (*base, "--examples", few, "--budget", "6", "--seed", "3", "--quiet")
+    ok(peftkit_cli(*search, "--out", tmp_path / "hub"))
+    report = json.loads((tmp_path / "hub" / "compose_report.json").read_text())
+    assert report["method"] == "lorahub" and len(report["weights"]) == 2 and len(report["history"]) == 6
+    assert (tmp_path / "hub" / "adapter_model.safetensors").is_file()
+
+    fails(peftkit_cli(*base, "--out", tmp_path / "x"), "compose", "--weights", "--examples")
+    fails(peftkit_cli(*base, "--weights", "1", "--out", tmp_path / "y"), "compose", "weights")
+    fails(peftkit_cli(*base, "--weights", "1", "1", "--out", tmp_path / "hub"), "compose", "exists")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import compose as compose_cmd
 from . import eval as eval_cmd
 from . import export as export_cmd
 from . import generate as generate_cmd
@@ -26,6 +27,7 @@ COMMANDS = {
     "export": export_cmd,
     "inspect": inspect_cmd,
     "inspect-fusion": inspect_fusion_cmd,
+    "compose": compose_cmd,
 }
 
 
