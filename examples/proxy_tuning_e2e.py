@@ -68,6 +68,7 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=8, help="decoder layers kept in the small proxy")
     p.add_argument("--alpha", type=float, nargs="+", default=[1.0])
     p.add_argument("--eval-limit", type=int, default=0, help="held-out MRs to decode (0: all)")
+    p.add_argument("--direct-adapter", help="a LoRA already trained on M with the config (skips training it)")
     p.add_argument("--steps", type=int, help="override the config's train.max_steps (both LoRAs)")
     p.add_argument("--out", default="runs/proxy-e2e")
     args = p.parse_args()
@@ -82,7 +83,7 @@ def main() -> None:
     run = build_run_config(config)
     small = truncated_copy(run.model.name, args.layers, out / "small-base")
     proxy_adapter = train(config, small, out / "small-lora")
-    direct_adapter = train(config, run.model.name, out / "direct-lora")
+    direct_adapter = args.direct_adapter or train(config, run.model.name, out / "direct-lora")
 
     _, eval_rows = read_split(run)
     spec = run.task
