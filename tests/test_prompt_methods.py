@@ -435,3 +435,25 @@ def test_token_classification_logits_line_up_with_tokens(config):
         out.logits[inputs["attention_mask"].bool()], labels[inputs["attention_mask"].bool()]
     )
     torch.testing.assert_close(out.loss, loss, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", sorted(DECODER_CONFIGS))
+def test_outputs_change_only_through_the_virtual_tokens(method):
+    """Identity at init does not apply here; instead: with every virtual slot masked out, the model
+    computes exactly the base model (Llama's rotary positions make the shift invisible)."""
+    from peftkit.input_adapter import transform_inputs
+
+    base = build("llama")
+    inputs = make_inputs("llama")
+    expected = logits(base, inputs)
+    model = peftkit.get_peft_model(build("llama"), DECODER_CONFIGS[method]())
+    rows = [model.input_adapters["default"]] * inputs["input_ids"].shape[0]
+    done = transform_inputs(model.base_model, dict(inputs), rows)
+    virtual = done.kwargs["attention_mask"].shape[1] - inputs["input_ids"].shape[1]
+    assert virtual == model.input_adapters["default"].num_virtual_tokens
+    done.kwargs["attention_mask"][:, :virtual] = 0
+    with torch.no_grad():
+        out = model.base_model(**done.kwargs).logits[:, -inputs["input_ids"].shape[1] :]
+    real = inputs["attention_mask"].bool()
+    torch.testing.assert_close(out[real], expected[real], atol=ATOL, rtol=1e-4)
+    assert not torch.allclose(logits(model, inputs)[real], expected[real], atol=1e-3)
