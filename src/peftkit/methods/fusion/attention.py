@@ -20,6 +20,7 @@ class FusionMap:
     sites: list[str]
     adapters: list[str]
     weights: torch.Tensor  # (S, N), rows sum to 1
+    tokens: int  # how many (unmasked) positions the means are over
 
     def table(self) -> str:
         width = max(len(s) for s in self.sites)
@@ -45,7 +46,9 @@ def fusion_attention(model: nn.Module, batch: dict, fusion: str) -> FusionMap:
         layer.record_fusion = True
     try:
         model(**batch, adapter_names=[fusion] * rows)
-        weights = [_mean(layer.fusion_weights[fusion], batch.get("attention_mask")) for _, layer in sites]
+        mask = batch.get("attention_mask")
+        weights = [_mean(layer.fusion_weights[fusion], mask) for _, layer in sites]
+        tokens = int(mask.sum()) if mask is not None else rows
     finally:
         for _, layer in sites:
             layer.record_fusion = False
@@ -55,7 +58,15 @@ def fusion_attention(model: nn.Module, batch: dict, fusion: str) -> FusionMap:
         _short([p for p, _ in sites]),
         list(sites[0][1].fusion[fusion].adapter_names),
         torch.stack(weights),
+        tokens,
     )
+
+
+def average(maps: list[FusionMap]) -> FusionMap:
+    """Maps of several batches as one, each weighted by its token count."""
+    total = sum(m.tokens for m in maps)
+    weights = sum(m.weights * m.tokens for m in maps) / max(total, 1)  # (S, N)
+    return FusionMap(maps[0].fusion, maps[0].sites, maps[0].adapters, weights, total)
 
 
 def _mean(weights: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
