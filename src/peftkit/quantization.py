@@ -42,7 +42,12 @@ def is_quantized(module: nn.Module) -> bool:
 
 
 def quantized_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in model.named_modules() if is_quantized(m)]
+    """The modules that own a 4-bit weight (not the adapter layers that expose their base's weight)."""
+    return [
+        (n, m)
+        for n, m in model.named_modules()
+        if is_quantized(m) and "weight" in dict(m.named_parameters(recurse=False))
+    ]
 
 
 def quantize_model(
