@@ -231,9 +231,10 @@ def transform_inputs(
     """Place each row's virtual tokens; ``rows[i]`` is row ``i``'s adapter, or None (no virtual tokens).
 
     Prepended virtual tokens use one of two layouts of ``T = max V`` slots (unused slots masked):
-    without a cache each row is packed as ``[own V | real L | unused]`` (its sequence still starts at
-    index 0, which [CLS] pooling needs); with a cache (generation) the slots form a block in front,
-    ``[unused | own V][real L]``, so later tokens simply follow. Both give the same per-row result.
+    with a cache (generation) the slots form a block in front, ``[unused | own V][real L]``, so later
+    tokens simply follow; without a cache and ``use_cache``, rows of different ``V`` are packed as
+    ``[own V | real L | unused]`` (each sequence still starts at index 0, which [CLS] pooling needs;
+    no cache is returned then). Both give the same per-row result.
     """
     if getattr(model.config, "is_encoder_decoder", False):
         return _encoder_decoder(model, kwargs, rows)
@@ -262,8 +263,11 @@ def transform_inputs(
     positions = given.to(device) + shift  # (B, L): real tokens come after the row's virtual ones
     kwargs.pop("cache_position", None)  # recomputed by the model from the cache length
     starts = None
-    if prefill and T:
-        layout = Layout(emb_len, T, packed=cache is None)
+    if prefill and T:  # packing matters only when rows differ; a packed cache must not be continued
+        packed = cache is None and not kwargs.get("use_cache") and len(set(emb_len)) > 1
+        if packed:
+            kwargs["use_cache"] = False
+        layout = Layout(emb_len, T, packed=packed)
         starts = layout.starts()
         virtual_pos = [torch.arange(e, device=device) + k for e, k in zip(emb_len, kv_len, strict=True)]
         positions = layout.place(virtual_pos, positions, fill=0)
