@@ -263,16 +263,8 @@ def transform_inputs(
     positions = given.to(device) + shift  # (B, L): real tokens come after the row's virtual ones
     kwargs.pop("cache_position", None)  # recomputed by the model from the cache length
     starts = None
-    if prefill and T:  # packing matters only when rows differ; a packed cache must not be continued
-        packed = cache is None and not kwargs.get("use_cache") and len(set(emb_len)) > 1
-        if packed:
-            kwargs["use_cache"] = False
-        layout = Layout(emb_len, T, packed=packed)
-        starts = layout.starts()
-        virtual_pos = [torch.arange(e, device=device) + k for e, k in zip(emb_len, kv_len, strict=True)]
-        positions = layout.place(virtual_pos, positions, fill=0)
-        _place_embeddings(model, kwargs, rows, layout)
-        mask = torch.cat([mask[:, :-length], layout.place(_ones(emb_len, mask), mask[:, -length:], 0)], 1)
+    if prefill and T:
+        positions, mask, starts = _prepend(model, kwargs, rows, (emb_len, kv_len), positions, mask, cache)
     elif T:
         mask = torch.cat([slot_mask(emb_len, T, device).to(mask.dtype), mask], dim=1)
     if accepts(model, "position_ids"):
@@ -281,6 +273,30 @@ def transform_inputs(
         kwargs["past_key_values"] = _write_prefix(model, cache, rows, P, batch)
     kwargs["attention_mask"] = torch.cat([slot_mask(kv_len, P, device).to(mask.dtype), mask], dim=1)
     return Transformed(kwargs, starts, length)
+
+
+def _prepend(
+    model: nn.Module,
+    kwargs: dict,
+    rows: list[InputAdapter | None],
+    lengths: tuple[list[int], list[int]],
+    positions: torch.Tensor,
+    mask: torch.Tensor,
+    cache,
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Prefill: put every row's virtual embeddings in place; positions and mask follow the layout."""
+    emb_len, kv_len = lengths
+    T, length, device = max(emb_len), positions.shape[1], positions.device
+    # packing matters only when rows differ; a packed cache must not be continued, so none is kept
+    packed = cache is None and not kwargs.get("use_cache") and len(set(emb_len)) > 1
+    if packed:
+        kwargs["use_cache"] = False
+    layout = Layout(emb_len, T, packed=packed)
+    virtual_pos = [torch.arange(e, device=device) + k for e, k in zip(emb_len, kv_len, strict=True)]
+    positions = layout.place(virtual_pos, positions, fill=0)  # (B, T + L)
+    _place_embeddings(model, kwargs, rows, layout)
+    real_mask = layout.place(_ones(emb_len, mask), mask[:, -length:], 0)  # (B, T + L)
+    return positions, torch.cat([mask[:, :-length], real_mask], 1), layout.starts()
 
 
 def _default_positions(mask: torch.Tensor, length: int, adapted: list[bool]) -> torch.Tensor:
