@@ -457,3 +457,14 @@ def test_outputs_change_only_through_the_virtual_tokens(method):
     real = inputs["attention_mask"].bool()
     torch.testing.assert_close(out[real], expected[real], atol=ATOL, rtol=1e-4)
     assert not torch.allclose(logits(model, inputs)[real], expected[real], atol=1e-3)
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_logits_to_keep_returns_the_last_real_positions(cached):
+    model = mixed_model("llama")
+    rows = ["prompt", "ptune", BASE_ROW, "prefix"]  # prompt lengths 3, 4, 0, 0: packed without a cache
+    ids, mask = pad(make_inputs("llama", batch=4, seq=6)["input_ids"], [6, 4, 5, 6], "left")
+    kw = {"past_key_values": DynamicCache(), "use_cache": True} if cached else {}
+    full = model(input_ids=ids, attention_mask=mask, adapter_names=rows).logits
+    last = model(input_ids=ids, attention_mask=mask, adapter_names=rows, logits_to_keep=1, **kw).logits
+    torch.testing.assert_close(last, full[:, -1:], atol=ATOL, rtol=1e-4)

@@ -224,6 +224,11 @@ class Transformed:
     starts: list[int] | None  # per row: index of its first real token (None: nothing was prepended)
     length: int = 0  # real tokens given on this call
 
+    @property
+    def packed(self) -> bool:
+        """Rows of different virtual lengths were packed (see :func:`transform_inputs`)."""
+        return self.starts is not None and len(set(self.starts)) > 1
+
 
 def transform_inputs(
     model: nn.Module, kwargs: dict[str, Any], rows: list[InputAdapter | None]
@@ -478,19 +483,19 @@ def forward_with_virtual_tokens(model: nn.Module, args: tuple, kwargs: dict, row
         names = list(inspect.signature(model.forward).parameters)
         kwargs = {**dict(zip(names, args)), **kwargs}
     keep = kwargs.get("logits_to_keep") or 0  # decoding asks for the last position's logits only
-    packed = kwargs.get("past_key_values") is None  # then rows end in unused slots: gather, then keep
-    if keep and packed:
-        kwargs = {k: v for k, v in kwargs.items() if k != "logits_to_keep"}
     done = transform_inputs(model, kwargs, rows)
+    if keep and done.packed:  # rows end in unused slots: gather the real positions first, then keep
+        done.kwargs.pop("logits_to_keep")
     out = model(**done.kwargs)
     logits = getattr(out, "logits", None)
-    if keep and not packed:  # virtual slots sit in front: the last positions are real tokens
+    if done.starts is None or not isinstance(logits, torch.Tensor) or logits.dim() != 3:
         return out
-    if done.starts is not None and isinstance(logits, torch.Tensor) and logits.dim() == 3:
-        index = torch.tensor(done.starts, device=logits.device)[:, None] + torch.arange(
-            done.length, device=logits.device
-        )  # (B, L): each row's real positions
-        out["logits"] = logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1]))
-    if keep and isinstance(logits, torch.Tensor) and logits.dim() == 3:
+    if keep and not done.packed:  # virtual slots sit in front: the kept positions are real tokens
+        return out
+    index = torch.tensor(done.starts, device=logits.device)[:, None] + torch.arange(
+        done.length, device=logits.device
+    )  # (B, L): each row's real positions
+    out["logits"] = logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1]))
+    if keep:
         out["logits"] = out["logits"][:, -keep:]
     return out
