@@ -225,7 +225,10 @@ class SparseDeltaLayer(AdapterLayer):
                 f"leading size {x.shape[0]}"
             )
         rows = [r for r in rows for _ in range(x.shape[0] // len(rows))]
-        out = self.base(x, *args, **kwargs).clone()
+        out = self.base(x, *args, **kwargs)
+        if not isinstance(out, torch.Tensor):
+            raise AdapterError(f"a mixed batch needs {type(self.base).__name__} to return one tensor")
+        out = out.clone()
         for name in dict.fromkeys(rows):
             if name == BASE_ROW or name not in self.sparse_delta:
                 continue
