@@ -36,7 +36,7 @@ def sst2_rows(path: str, count: int, seed: int) -> tuple[list[dict], list[dict]]
     return rows[held:], rows[:held]
 
 
-def family_rows(path: str, seed: int) -> tuple[list[dict], list[dict]]:
+def family_rows(path: str, seed: int, limit: int) -> tuple[list[dict], list[dict]]:
     with open(path, newline="", encoding="utf-8") as f:
         raw = [(r["mr"], " ".join(r["ref"].split())) for r in csv.DictReader(f)]
     rows = []
@@ -49,7 +49,7 @@ def family_rows(path: str, seed: int) -> tuple[list[dict], list[dict]]:
     held_mrs = set(mrs[: len(mrs) // 10])
     train = [r for r in rows if r["mr"] not in held_mrs]
     random.Random(seed + 1).shuffle(train)
-    return train, [r for r in rows if r["mr"] in held_mrs]
+    return train[:limit] if limit else train, [r for r in rows if r["mr"] in held_mrs]
 
 
 def write(path: Path, rows: list[dict]) -> None:
@@ -65,14 +65,15 @@ def main() -> None:
     p.add_argument("sst2", help="SST-2 train.tsv (label, sentence)")
     p.add_argument("e2e", help="E2E csv (mr, ref)")
     p.add_argument("out", help="output folder")
-    p.add_argument("--sst2-rows", type=int, default=4000)
+    p.add_argument("--sst2-rows", type=int, default=2000, help="SST-2 rows drawn (10%% held out)")
+    p.add_argument("--family-train", type=int, default=1800, help="family training rows kept (0: all)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     splits = {
         "sst2": sst2_rows(args.sst2, args.sst2_rows, args.seed),
-        "family": family_rows(args.e2e, args.seed),
+        "family": family_rows(args.e2e, args.seed, args.family_train),
     }
     for task, (train, held) in splits.items():
         write(out / f"{task}_train.tsv", train)
