@@ -188,3 +188,26 @@ def test_merging_on_a_full_precision_base_does_not_dequantise():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model.merge_and_unload()
+
+
+def test_cli_merge_of_a_qlora_adapter_says_it_is_dequantised(tmp_path):
+    import subprocess
+
+    from tiny_tokenizer import tiny_tokenizer
+
+    tiny_llama().save_pretrained(tmp_path / "base")
+    tiny_tokenizer().save_pretrained(tmp_path / "base")
+    model = peftkit.get_peft_model(
+        quantize_model(tiny_llama()), peftkit.LoraConfig(r=4, target_modules=["q_proj"])
+    )
+    perturb(model)
+    model.save_pretrained(tmp_path / "adapter")
+    args = ["merge", "--model", str(tmp_path / "base"), "--adapter", str(tmp_path / "adapter")]
+    args += ["--quantize", "nf4", "--out", str(tmp_path / "merged")]
+    done = subprocess.run(
+        [sys.executable, "-m", "peftkit", *args], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert "written dequantised, in full precision (float32)" in done.stdout
+    merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    assert not quantized_layers(merged) and getattr(merged.config, "quantization_config", None) is None
