@@ -83,6 +83,8 @@ def test_lora_on_a_4bit_base_trains_only_the_adapter_and_round_trips(tmp_path):
     model = peftkit.get_peft_model(
         quantize_model(tiny_llama()), peftkit.LoraConfig(r=4, target_modules="all-linear")
     )
+    full = peftkit.get_peft_model(tiny_llama(), peftkit.LoraConfig(r=4, target_modules="all-linear"))
+    assert model.parameter_report().total == full.parameter_report().total  # 4-bit weights count as weights
     packed = {n: m.weight.data.clone() for n, m in quantized_layers(model)}
     inputs = make_inputs("llama")
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)

@@ -19,7 +19,7 @@ from .errors import AdapterError, CheckpointError
 from .input_adapter import PEFT_KEY, forward_with_virtual_tokens
 from .layer import BASE_ROW, AdapterLayer, adapter_layers, rows_for_batch
 from .modules_to_save import wrap_modules_to_save
-from .quantization import dequantize_model, quantized_layers
+from .quantization import dequantize_model, logical_numel, quantized_layers
 from .registry import get_method, get_parent, method_for_saved_config
 
 
@@ -368,7 +368,7 @@ class PeftModel(nn.Module):
     def parameter_report(self) -> ParameterReport:
         params = {id(p): p for p in self.parameters()}.values()
         trainable = sum(p.numel() for p in params if p.requires_grad)
-        total = sum(p.numel() for p in params)
+        total = sum(logical_numel(p) for p in params)
         name = self.active_adapter
         size = (
             sum(t.numel() * t.element_size() for t in self.adapter_state_dict(name).values()) if name else 0

@@ -41,6 +41,12 @@ def is_quantized(module: nn.Module) -> bool:
     return getattr(getattr(module, "weight", None), "quant_state", None) is not None
 
 
+def logical_numel(param: torch.Tensor) -> int:
+    """Weights a parameter stands for: a 4-bit one packs two per stored byte."""
+    state = getattr(param, "quant_state", None)
+    return state.shape.numel() if state is not None else param.numel()
+
+
 def quantized_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The modules that own a 4-bit weight (not the adapter layers that expose their base's weight)."""
     return [
