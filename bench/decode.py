@@ -8,7 +8,9 @@ Cases: greedy and beam search (4 beams), batch 1 and 8. The outputs are also com
 token (they must be equal). Median and min over ``--reps`` after one warm-up; ratio = peftkit
 tokens/s / transformers tokens/s (> 1: peftkit is faster).
 
-    .venv/bin/python bench/decode.py [--reps 5] [--dtype float32] [--out bench/results/decode.json]
+    .venv/bin/python bench/decode.py [--reps 5] [--dtype float32] [--threads N] [--out FILE.json]
+
+On a shared machine ``--threads 1`` avoids thread-pool stalls when other jobs hold the cores.
 """
 
 from __future__ import annotations
@@ -111,8 +113,12 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     p.add_argument("--out", type=Path, default=Path("bench/results/decode.json"))
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, tok = load_model("smollm2-135m", task="causal-lm", dtype=getattr(torch, args.dtype))
     model.eval()
     rows = []
@@ -120,7 +126,7 @@ def main() -> None:
         "| case | batch | peftkit tok/s | transformers tok/s | ratio | peftkit s | transformers s | equal |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---|")
-    for case in CASES:
+    for case in args.cases:
         for batch in args.batches:
             enc = encode(tok, batch)
             times, equal = time_case(runners(model, tok, case, enc, args.new_tokens), args.reps)
