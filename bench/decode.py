@@ -16,18 +16,16 @@ On a shared machine ``--threads 1`` avoids thread-pool stalls when other jobs ho
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from lora_overhead import machine_info  # the same machine record as the other benchmarks
 
 from peftkit.decoding import generate
 from peftkit.generation import decoding_config
+from peftkit.io import atomic_write_json
 from peftkit.models import load_model
 
 QUESTIONS = [
@@ -90,23 +88,6 @@ def time_case(fns: dict, reps: int) -> tuple[dict[str, list[float]], bool]:
     return times, equal
 
 
-def machine_info() -> dict:
-    import transformers
-
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next(
-        (ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), platform.processor()
-    )
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-    }
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reps", type=int, default=5)
@@ -149,9 +130,7 @@ def main() -> None:
             )
     result = {"machine": machine_info(), "settings": vars(args) | {"out": str(args.out)}, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(args.out)
+    atomic_write_json(args.out, result)
     print(f"\nwrote {args.out}")
 
 
