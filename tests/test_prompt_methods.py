@@ -372,6 +372,28 @@ def test_prompt_init_from_text_and_vocab(tmp_path):
         PromptTuningConfig(prompt_tuning_init="TEXT")
 
 
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_prefix_init_from_real_activations_equals_prepending_those_tokens(kind):
+    """``prefix_init="SAMPLE_VOCAB"``: the prefix is the frozen model's own keys/values of random
+    tokens X, so the prefixed model on Y is exactly the base model on [X; Y] (causal, no padding)."""
+    V = 4
+    base = build(kind)
+    vocab = base.get_input_embeddings().weight.shape[0]
+    X = torch.randint(0, vocab, (1, V), generator=torch.Generator().manual_seed(0))  # the init's seed
+    Y = torch.randint(3, vocab, (2, 5), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = logits(base, {"input_ids": torch.cat([X.expand(2, V), Y], dim=1)})[:, V:]
+    config = PrefixTuningConfig(num_virtual_tokens=V, prefix_init="SAMPLE_VOCAB")
+    model = peftkit.get_peft_model(build(kind), config)
+    with torch.no_grad():
+        got = logits(model, {"input_ids": Y, "attention_mask": torch.ones_like(Y)})
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
+    with pytest.raises(ConfigError, match="prefix_init"):
+        PrefixTuningConfig(prefix_init="SAMPLE_VOCAB", prefix_projection=True)
+    with pytest.raises(ConfigError, match="prefix_init"):
+        PTuningV2Config(prefix_init="TEXT")
+
+
 def test_bad_configs_fail_clearly():
     with pytest.raises(ConfigError, match="num_virtual_tokens"):
         PromptTuningConfig(num_virtual_tokens=0)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...config import check_positive_int
+from ...config import check_choice, check_positive_int
+from ...errors import ConfigError
 from ...input_adapter import PromptLearningConfig
+
+PREFIX_INITS = ("RANDOM", "SAMPLE_VOCAB")
 
 
 @dataclass
@@ -16,12 +19,23 @@ class PrefixTuningConfig(PromptLearningConfig):
         prefix_projection: reparametrise the prefix through an MLP while training
             (``P = MLP(P')``, sec. 4.3: more stable optimisation); :func:`eject` bakes it in.
         encoder_hidden_size: the MLP's hidden width.
+        prefix_init: ``"RANDOM"`` (N(0, 1), peft's default) or ``"SAMPLE_VOCAB"``: the frozen model's
+            own keys and values for random vocabulary tokens (sec. 7.2: initialising with the
+            activations of real words helps markedly with little data). Flat prefixes only.
     """
 
     prefix_projection: bool = False
     encoder_hidden_size: int | None = None
+    prefix_init: str = "RANDOM"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.encoder_hidden_size is not None:
             check_positive_int("encoder_hidden_size", self.encoder_hidden_size)
+        check_choice("prefix_init", self.prefix_init, PREFIX_INITS)
+        if self.prefix_init != "RANDOM" and self.prefix_projection:
+            raise ConfigError(
+                "prefix_init",
+                f"{self.prefix_init!r} sets flat prefixes; it does not apply with prefix_projection=True "
+                "(set one of the two)",
+            )

@@ -27,3 +27,14 @@ class PrefixEncoder(ReparametrisedPrompt):
         flat = self.encoded()  # (V, layers * 2 * H * hd)
         kv = flat.view(V, self.layers * 2, self.heads, self.head_dim).permute(1, 2, 0, 3)  # (2L, H, V, hd)
         return kv.reshape(self.layers, 2, self.heads, V, self.head_dim)  # layer l: keys [l, 0], values [l, 1]
+
+    @torch.no_grad()
+    def init_from_activations(self, kv: torch.Tensor) -> None:
+        """Set flat prefixes to keys/values ``(layers, 2, H, V, hd)`` (the inverse of :meth:`prefix`)."""
+        if self.head is not None:
+            raise ValueError("init_from_activations sets flat prefixes; this prefix has an MLP head")
+        expected = (self.layers, 2, self.heads, self.num_virtual_tokens, self.head_dim)
+        if tuple(kv.shape) != expected:
+            raise ValueError(f"activations of shape {tuple(kv.shape)}, expected {expected}")
+        flat = kv.permute(3, 0, 1, 2, 4).reshape(self.num_virtual_tokens, -1)  # (V, layers * 2 * H * hd)
+        self.embedding.weight.copy_(flat.to(self.embedding.weight.dtype))

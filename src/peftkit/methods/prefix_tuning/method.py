@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from ...errors import AdapterError, ConfigError, TargetError
@@ -40,8 +41,10 @@ class PrefixTuningMethod(InputMethod):
             dims["num_attention_heads"],
             dims["token_dim"],
             hidden,
-        )
-        return encoder.to(model.get_input_embeddings().weight.device)
+        ).to(model.get_input_embeddings().weight.device)
+        if config.prefix_init == "SAMPLE_VOCAB" and not config.inference_mode:
+            encoder.init_from_activations(real_activations(model, config.num_virtual_tokens))
+        return encoder
 
     def resolved(self, model: nn.Module, config: PrefixTuningConfig) -> dict[str, int]:
         """Keys/values have ``kv_heads * head_dim`` channels (peft: token_dim = that under GQA)."""
@@ -55,9 +58,34 @@ class PrefixTuningMethod(InputMethod):
         self, config: PrefixTuningConfig, model: nn.Module, targets: list[str]
     ) -> dict[str, Any]:
         data = super().to_peft_dict(config, model, targets)
+        data.pop("prefix_init", None)  # only how training began: the saved prefix carries it
         if config.prefix_projection:
             data["encoder_hidden_size"] = config.encoder_hidden_size or DEFAULT_HIDDEN
         return data
+
+
+@torch.no_grad()
+def real_activations(model: nn.Module, V: int, seed: int = 0) -> torch.Tensor:
+    """The frozen model's keys and values ``(layers, 2, kv_heads, V, head_dim)`` for ``V`` random
+    vocabulary tokens, read from its cache after one forward pass (eval mode, no dropout)."""
+    from transformers import DynamicCache
+
+    vocab = model.get_input_embeddings().weight.shape[0]
+    ids = torch.randint(0, vocab, (1, V), generator=torch.Generator().manual_seed(seed))
+    cache, was_training = DynamicCache(config=model.config), model.training
+    model.eval()
+    try:
+        model(
+            input_ids=ids.to(model.get_input_embeddings().weight.device),
+            past_key_values=cache,
+            use_cache=True,
+        )
+    finally:
+        model.train(was_training)
+    layers = [torch.stack([layer.keys[0], layer.values[0]]) for layer in cache.layers]  # (2, H, V, hd)
+    if not layers:
+        raise TargetError(f"{type(model).__name__} wrote nothing to its cache; use prefix_init='RANDOM'")
+    return torch.stack(layers).float()
 
 
 def eject(model, adapter_name: str = "default") -> None:
