@@ -1,0 +1,183 @@
+"""Side-by-side benchmark suite: every method against its ``peft`` reference on one data set and budget.
+
+    python bench/suite.py                 # full budget (hours on a 2-core CPU; resumable)
+    python bench/suite.py --quick         # smoke budget, well under 15 minutes; labelled "quick"
+    python bench/suite.py --only lora,prompt --tasks sst2   # re-run those cells
+
+Quality: SST-2 on MiniLM-L6 (``examples/sst2_minilm_*.yaml``: the shared train file, held-out split
+eval_fraction 0.05 / seed 0, 8,000 training rows, 1,000 held out, one epoch of 32) and E2E on
+SmolLM2-135M (``examples/e2e_smollm2_*.yaml``: 40 steps of 8, bf16, BLEU of greedy decoding on the
+held-out MRs), peftkit beside ``peft`` where peft has the method. Every cell trains with peftkit's
+Trainer (same data order, AdamW, schedule, evaluation), in its own subprocess (so ``ru_maxrss`` is
+the cell's own peak RSS), each taking the heavy-job lock on its own (``--lock``).
+
+Cost per cell: trainable parameters, bytes saved by ``save_pretrained``, median optimizer-step time,
+tokens/s over the training steps, peak RSS; each also as a ratio to the peft cell of the method.
+Inference: see ``suite_infer.py``.
+
+Each cell's result is cached as ``<results>/cells/<task>-<method>-<impl>-<hash>.json``, the hash of
+its settings; a cell already cached is not run again (``--force`` / ``--only`` re-run). Outputs:
+``suite.json`` (machine, versions, date, every cell), ``suite.md`` and ``quality_vs_params.png``;
+a full run also rewrites the README's table between its markers. ``--quick`` writes under
+``bench/results/quick/`` only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import suite_report as report
+from lora_overhead import machine_info
+from suite_cells import FULL, QUICK, TASKS, Cell, all_cells, child_main
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+LOCK = "/tmp/peftkit-heavy.lock"
+
+
+def cached(cell: Cell, cells_dir: Path) -> dict[str, Any] | None:
+    path = cells_dir / f"{cell.key}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def run_in_subprocess(args: list[str], lock: str | None, tail: int = 3000) -> tuple[int, str]:
+    """``python bench/suite.py <args>`` in a fresh process, under ``flock lock`` when given."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), *args]
+    cmd = ["flock", lock, *cmd] if lock else cmd
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT)
+    return res.returncode, (res.stdout + res.stderr)[-tail:]
+
+
+def run_cell(cell: Cell, cells_dir: Path, lock: str | None) -> dict[str, Any]:
+    """Run ``cell`` in its own process; a crash (e.g. killed for memory) is recorded as a failure."""
+    from peftkit.io import atomic_write_json
+
+    out = cells_dir / f"{cell.key}.json"
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(cell.to_dict(), f)
+    t0 = time.perf_counter()
+    code, log = run_in_subprocess(["--cell", f.name, "--cell-out", str(out)], lock)
+    Path(f.name).unlink()
+    if code != 0 or not out.exists():
+        error = f"exit {code}: {log.strip().splitlines()[-1] if log.strip() else 'no output'}"
+        atomic_write_json(
+            out, {"key": cell.key, "cell": cell.to_dict(), "status": "failed", "error": error, "log": log}
+        )
+    result = json.loads(out.read_text())
+    result["cell_wall_s"] = time.perf_counter() - t0
+    atomic_write_json(out, result)
+    return result
+
+
+def run_inference(out: Path, quick: bool, lock: str | None) -> dict[str, Any]:
+    from peftkit.io import atomic_write_json
+
+    code, log = run_in_subprocess(["--infer-out", str(out), *(["--quick"] if quick else [])], lock)
+    if code != 0 or not out.exists():
+        atomic_write_json(
+            out, {"status": "failed", "error": f"exit {code}: {log.strip().splitlines()[-1:]}", "log": log}
+        )
+    return json.loads(out.read_text())
+
+
+def infer_child(out: Path, quick: bool) -> None:
+    from suite_infer import run
+
+    from peftkit.io import atomic_write_json
+
+    settings = {"reps": 3, "warmup": 1, "seq": 32} if quick else {"reps": 10, "warmup": 2, "seq": 64}
+    atomic_write_json(out, {"status": "ok", "machine": machine_info(), **run(**settings)})
+
+
+def assemble(cells: list[Cell], cells_dir: Path, out_dir: Path, quick: bool, inf: dict | None) -> str:
+    """suite.json, suite.md and the plot from the cached cells; returns the Markdown."""
+    from peftkit.io import atomic_write_json, atomic_write_text
+
+    results = {c.key: r for c in cells if (r := cached(c, cells_dir))}
+    table = report.rows(cells, results)
+    done = sum(r["status"] == "ok" for r in table)
+    budget = QUICK if quick else FULL
+    label = "QUICK SMOKE RUN (tiny budget; not comparable with the full table)" if quick else "full budget"
+    title = (
+        f"Benchmark suite, {label}: {done} of {len(table)} cells measured; quality = held-out accuracy % "
+        f"(SST-2, {budget.sst2_limit} training rows, {budget.sst2_eval_limit} held out, "
+        f"{budget.sst2_epochs:g} epoch of 32) and BLEU (E2E, {budget.e2e_steps} steps of 8, greedy, "
+        f"{budget.e2e_bleu_inputs or 'all'} held-out MRs); cost columns give peftkit (its ratio to peft)."
+    )
+    md = report.markdown(table, title) + report.inference_markdown(inf)
+    meta = {"mode": "quick" if quick else "full", "machine": machine_info(), "budget": vars(budget)}
+    atomic_write_json(out_dir / "suite.json", {**meta, "cells": table, "inference": inf})
+    atomic_write_text(out_dir / "suite.md", md)
+    report.plot(
+        table,
+        out_dir / "quality_vs_params.png",
+        title="quality vs trainable parameters" + (" (QUICK)" if quick else ""),
+    )
+    return md
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--quick", action="store_true", help="smoke budget (minutes); outputs under results/quick/"
+    )
+    p.add_argument("--only", default="", help="comma-separated methods to (re-)run, e.g. lora,prompt")
+    p.add_argument("--tasks", default="", help=f"comma-separated tasks among {list(TASKS)}")
+    p.add_argument("--force", action="store_true", help="re-run cells that are already cached")
+    p.add_argument("--no-inference", action="store_true")
+    p.add_argument("--lock", default=LOCK, help="flock file each cell takes ('' for none)")
+    p.add_argument("--report-only", action="store_true", help="assemble the outputs from cached cells")
+    p.add_argument("--cell", type=Path, help=argparse.SUPPRESS)  # internal: one cell in this process
+    p.add_argument("--cell-out", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--infer-out", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.cell:
+        return child_main(args.cell, args.cell_out)
+    if args.infer_out:
+        return infer_child(args.infer_out, args.quick)
+
+    out_dir = RESULTS / "quick" if args.quick else RESULTS
+    cells_dir = out_dir / "cells"
+    cells_dir.mkdir(parents=True, exist_ok=True)
+    only = [m for m in args.only.split(",") if m]
+    tasks = [t for t in args.tasks.split(",") if t]
+    every = all_cells(QUICK if args.quick else FULL)
+    todo = [c for c in every if (not tasks or c.task in tasks) and (not only or c.method in only)]
+    lock = args.lock or None
+    if not args.report_only:
+        for i, cell in enumerate(todo, 1):
+            if cached(cell, cells_dir) and not (args.force or only):
+                continue
+            print(f"[{i}/{len(todo)}] {cell.task} {cell.method} {cell.impl} ...", flush=True)
+            r = run_cell(cell, cells_dir, lock)
+            shown = (
+                f"quality {r['quality']:.1f}, {r['step_ms_median']:.0f} ms/step"
+                if r["status"] == "ok"
+                else r["error"]
+            )
+            print(f"    {r['status']}: {shown} ({r['cell_wall_s']:.0f} s)", flush=True)
+            assemble(every, cells_dir, out_dir, args.quick, _cached_inference(out_dir))
+    inf_path = out_dir / "inference.json"
+    if not args.report_only and not args.no_inference and (args.force or not inf_path.exists()):
+        print("inference ...", flush=True)
+        run_inference(inf_path, args.quick, lock)
+    md = assemble(every, cells_dir, out_dir, args.quick, _cached_inference(out_dir))
+    if not args.quick and report.update_readme(ROOT / "README.md", md):
+        print("README table updated")
+    print(md)
+
+
+def _cached_inference(out_dir: Path) -> dict | None:
+    path = out_dir / "inference.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+if __name__ == "__main__":
+    main()
