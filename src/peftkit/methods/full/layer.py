@@ -1,8 +1,10 @@
 """The full fine-tuning layer: the wrapped module runs with ``W0 + D`` for each of its parameters.
 
 ``D`` (one per parameter, per adapter, zero at init) is the trainable part; the module's own
-forward is reused through :func:`torch.func.functional_call`, so any module can be wrapped and
-``dL/dD = dL/dW`` exactly as in plain fine-tuning.
+forward is reused through :func:`torch.func.functional_call` (the forward, merging and mixed
+batches of :class:`~peftkit.methods.parameter_delta.ParameterDeltaLayer`, which the selection
+methods' layer shares), so any module can be wrapped and ``dL/dD = dL/dW`` exactly as in plain
+fine-tuning.
 
 A base parameter shared by several wrapped modules (GPT-2's ``wte`` and ``lm_head``, T5's
 ``shared`` and ``embed_tokens``) gets one delta, owned by the first layer and *shared* by the
@@ -22,15 +24,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from ...errors import AdapterError
-from ...layer import BASE_ROW, AdapterLayer
-
-
-def delta_dtype(param: torch.Tensor) -> torch.dtype:
-    """Deltas train in fp32 unless the base is already fp32/fp64."""
-    return param.dtype if param.dtype in (torch.float32, torch.float64) else torch.float32
+from ..parameter_delta import ParameterDeltaLayer, delta_dtype
 
 
 class DeltaTree(nn.Module):
@@ -58,7 +54,7 @@ class DeltaTree(nn.Module):
         return owner, leaf
 
 
-class FullLayer(AdapterLayer):
+class FullLayer(ParameterDeltaLayer):
     """Wraps any module; adapter ``name`` replaces each parameter ``W0`` by ``W0 + D``."""
 
     adapter_containers = ("full_delta",)
@@ -76,6 +72,9 @@ class FullLayer(AdapterLayer):
     def deltas(self, name: str) -> dict[str, nn.Parameter]:
         """Every delta adapter ``name`` applies here, keyed by the base parameter's path."""
         return dict(self.full_delta[name].named_parameters())
+
+    def folded_deltas(self, name: str) -> dict[str, nn.Parameter]:
+        return self.owned(name)
 
     def owned(self, name: str) -> dict[str, nn.Parameter]:
         """The deltas this layer owns (trains, saves, merges); shared ones belong to another layer."""
@@ -99,71 +98,14 @@ class FullLayer(AdapterLayer):
         super().delete(name)
         self.shared.pop(name, None)
 
-    # ---- merging ---------------------------------------------------------------------------------
-    def merge(self, names: list[str] | None = None) -> None:
-        """Add the deltas into the base parameters; merging an already merged adapter does nothing."""
-        for name in names if names is not None else self.active:
-            if name in self.merged or name not in self.full_delta:
-                continue
-            self._fold(name, 1.0)
-            self.merged.append(name)
-
-    def unmerge(self) -> None:
-        while self.merged:
-            self._fold(self.merged.pop(), -1.0)
-
-    def _fold(self, name: str, sign: float) -> None:
-        params = dict(self.base.named_parameters())
-        with torch.no_grad():
-            for path, delta in self.owned(name).items():
-                params[path].add_(delta.to(params[path].dtype), alpha=sign)
-
     # ---- forward ---------------------------------------------------------------------------------
-    def effective_parameters(self, names: list[str]) -> dict[str, torch.Tensor]:
-        """``W0 + sum of the deltas of names`` for every base parameter, in the base dtype."""
-        out: dict[str, torch.Tensor] = {}
-        deltas = [self.deltas(n) for n in names]
-        for path, p in self.base.named_parameters():
-            total = p
-            for d in deltas:
-                total = total + d[path]  # same shape as p
-            out[path] = total.to(p.dtype)
-        return out
-
-    def run(self, names: list[str], *args, **kwargs):
-        """The base module's forward with adapters ``names`` added to its parameters."""
-        if not names:
-            return self.base(*args, **kwargs)
-        return functional_call(self.base, self.effective_parameters(names), args, kwargs)
-
-    def forward(self, *args, **kwargs):
-        if self.disabled:
-            if self.merged:
-                raise AdapterError("adapters are merged into the base; unmerge_adapter() before disabling")
-            return self.base(*args, **kwargs)
-        if self.row_adapters is not None:
-            return self._mixed_forward(*args, **kwargs)
-        return self.run([n for n in self.active if n not in self.merged], *args, **kwargs)
-
-    def _mixed_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        """Row ``i`` runs with adapter ``row_adapters[i]``. An input with a leading 1 (positions
-        shared by every row) is broadcast over the batch first; any other leading size is an error."""
+    def row_names(self, batch: int) -> list[str]:
+        """One adapter per row of the batch; any other leading size is an error."""
         rows = self.row_adapters
-        if x.shape[0] == 1 and len(rows) > 1:
-            x = x.expand(len(rows), *x.shape[1:])  # (B, ...)
-        if x.shape[0] != len(rows):
+        if batch != len(rows):
             raise AdapterError(
                 f"adapter_names has {len(rows)} entries but {type(self.base).__name__} got an input with "
-                f"leading size {x.shape[0]}: a module fed a table shared by all rows (e.g. T5's relative "
+                f"leading size {batch}: a module fed a table shared by all rows (e.g. T5's relative "
                 "position bias) cannot give rows different adapters; leave it out with exclude_modules"
             )
-        out = self.base(x, *args, **kwargs)
-        if not isinstance(out, torch.Tensor):
-            raise AdapterError(f"a mixed batch needs {type(self.base).__name__} to return one tensor")
-        out = out.clone()
-        for name in dict.fromkeys(rows):
-            if name == BASE_ROW or name not in self.full_delta:
-                continue
-            idx = torch.tensor([i for i, r in enumerate(rows) if r == name], device=x.device)
-            out[idx] = self.run([name], x[idx], *args, **kwargs).to(out.dtype)
-        return out
+        return list(rows)

@@ -1,8 +1,8 @@
 """Sparse deltas: adapter ``name`` changes chosen entries of a wrapped module's parameters.
 
-The wrapped module runs with ``W0 + delta`` for each chosen parameter (through
-:func:`torch.func.functional_call`, so any module can be wrapped), where ``delta`` is zero outside
-a mask. Two kinds of delta, one per kind of selection:
+The wrapped module runs with ``W0 + delta`` for each chosen parameter
+(:class:`~peftkit.methods.parameter_delta.ParameterDeltaLayer`, which full fine-tuning's layer
+shares), where ``delta`` is zero outside a mask. Two kinds of delta, one per kind of selection:
 
 * :class:`FixedSparseDelta`: the mask is fixed when the adapter is made (BitFit, rule-based
   selection); only the selected entries exist as trainable values, so the trainable count is
@@ -18,19 +18,13 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from ...errors import AdapterError, CheckpointError
-from ...layer import BASE_ROW, AdapterLayer
+from ..parameter_delta import ParameterDeltaLayer, delta_dtype
 
 
 def _key(path: str) -> str:
     return path.replace(".", "__")  # parameter names may not hold dots
-
-
-def value_dtype(param: torch.Tensor) -> torch.dtype:
-    """Deltas train in fp32 unless the base is already fp32/fp64."""
-    return param.dtype if param.dtype in (torch.float32, torch.float64) else torch.float32
 
 
 class SparseDelta(nn.Module):
@@ -60,7 +54,7 @@ class FixedSparseDelta(SparseDelta):
         for path, mask in masks.items():
             idx = mask.flatten().nonzero().squeeze(1)  # (n,)
             self.indices.register_buffer(_key(path), idx)
-            kw = {"dtype": value_dtype(params[path]), "device": params[path].device}
+            kw = {"dtype": delta_dtype(params[path]), "device": params[path].device}
             self.values[_key(path)] = nn.Parameter(torch.zeros(idx.numel(), **kw))  # (n,)
 
     def delta(self, path: str) -> torch.Tensor:
@@ -95,7 +89,7 @@ class TopKDelta(SparseDelta):
         self.keep = {p: max(1, round(density * t.numel())) for p, t in params.items()}
         self.dense, self.scores = nn.ParameterDict(), nn.ParameterDict()
         for path, p in params.items():
-            kw = {"dtype": value_dtype(p), "device": p.device}
+            kw = {"dtype": delta_dtype(p), "device": p.device}
             self.dense[_key(path)] = nn.Parameter(torch.zeros(p.shape, **kw))
             self.scores[_key(path)] = nn.Parameter(torch.rand(p.shape, **kw) * score_scale)
 
@@ -126,7 +120,7 @@ class TopKDelta(SparseDelta):
         self.keep[path] = idx.numel()
 
 
-class SparseDeltaLayer(AdapterLayer):
+class SparseDeltaLayer(ParameterDeltaLayer):
     """Wraps any module; adapter ``name`` runs it with ``W0 + delta`` for each chosen parameter."""
 
     adapter_containers = ("sparse_delta",)
@@ -173,65 +167,3 @@ class SparseDeltaLayer(AdapterLayer):
                     "entries (different base model?)"
                 )
             item.load_sparse(path, idx, values)
-
-    # ---- merging ---------------------------------------------------------------------------------
-    def merge(self, names: list[str] | None = None) -> None:
-        for name in names if names is not None else self.active:
-            if name in self.merged or name not in self.sparse_delta:
-                continue
-            self._fold(name, 1.0)
-            self.merged.append(name)
-
-    def unmerge(self) -> None:
-        while self.merged:
-            self._fold(self.merged.pop(), -1.0)
-
-    def _fold(self, name: str, sign: float) -> None:
-        params = dict(self.base.named_parameters())
-        with torch.no_grad():
-            for path, delta in self.deltas(name).items():
-                params[path].add_(delta.to(params[path].dtype), alpha=sign)
-
-    # ---- forward ---------------------------------------------------------------------------------
-    def run(self, names: list[str], *args, **kwargs):
-        """The base module's forward with the deltas of ``names`` added to its parameters."""
-        if not names:
-            return self.base(*args, **kwargs)
-        params = dict(self.base.named_parameters())
-        changed: dict[str, torch.Tensor] = {}
-        for name in names:
-            for path, delta in self.deltas(name).items():
-                changed[path] = changed.get(path, params[path]) + delta
-        changed = {p: t.to(params[p].dtype) for p, t in changed.items()}
-        return functional_call(self.base, changed, args, kwargs, strict=False)
-
-    def forward(self, *args, **kwargs):
-        if self.disabled:
-            if self.merged:
-                raise AdapterError("adapters are merged into the base; unmerge_adapter() before disabling")
-            return self.base(*args, **kwargs)
-        if self.row_adapters is not None:
-            return self._mixed_forward(*args, **kwargs)
-        return self.run([n for n in self.active if n not in self.merged], *args, **kwargs)
-
-    def _mixed_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        """Row ``i`` runs with adapter ``row_adapters[i]``; rows are split along ``x``'s first axis."""
-        rows = self.row_adapters
-        if x.shape[0] == 1 and len(rows) > 1:
-            x = x.expand(len(rows), *x.shape[1:])  # (B, ...): positions shared by every row
-        if x.shape[0] % len(rows):
-            raise AdapterError(
-                f"adapter_names has {len(rows)} entries but {type(self.base).__name__} got an input with "
-                f"leading size {x.shape[0]}"
-            )
-        rows = [r for r in rows for _ in range(x.shape[0] // len(rows))]
-        out = self.base(x, *args, **kwargs)
-        if not isinstance(out, torch.Tensor):
-            raise AdapterError(f"a mixed batch needs {type(self.base).__name__} to return one tensor")
-        out = out.clone()
-        for name in dict.fromkeys(rows):
-            if name == BASE_ROW or name not in self.sparse_delta:
-                continue
-            idx = torch.tensor([i for i, r in enumerate(rows) if r == name], device=x.device)
-            out[idx] = self.run([name], x[idx], *args, **kwargs).to(out.dtype)
-        return out

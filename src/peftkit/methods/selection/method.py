@@ -5,10 +5,9 @@ from __future__ import annotations
 from torch import nn
 
 from ...errors import TargetError
-from ...layer import AdapterLayer
-from ...registry import LayerMethod, get_parent, register_method
-from ...targeting import filter_targets, find_targets, iter_modules, layer_index
-from ..full.method import has_own_parameters, has_parameters, in_modules_to_save, outermost
+from ...registry import LayerMethod, register_method
+from ...targeting import iter_modules, layer_index
+from ..parameter_delta import parameter_targets, tie_outside, wrap
 from .config import SelectionConfig, SparseDeltaConfig
 from .layer import SparseDeltaLayer
 
@@ -22,34 +21,12 @@ class SparseDeltaMethod(LayerMethod):
         targets = self.targets(model, config)
         check_untied(model, targets, config, self.name)
         for path in targets:
-            parent, attr = get_parent(model, path)
-            current = getattr(parent, attr)
-            if isinstance(current, AdapterLayer) and not isinstance(current, SparseDeltaLayer):
-                raise TargetError(
-                    f"{path} already holds a {type(current).__name__}; {self.name} cannot join it"
-                )
-            layer = current if isinstance(current, SparseDeltaLayer) else SparseDeltaLayer(current)
-            layer.add(adapter_name, config, path)
-            layer.train(layer.base.training)
-            setattr(parent, attr, layer)
+            wrap(model, path, SparseDeltaLayer, config, adapter_name, self.name)
         return targets
 
     def targets(self, model: nn.Module, config: SparseDeltaConfig) -> list[str]:
         """Outermost modules with parameters, outside ``modules_to_save``, matching the targeting."""
-        if config.target_modules is None:
-            found = [(n, m) for n, m in iter_modules(model) if n and has_own_parameters(m)]
-            found = filter_targets(config, found)
-        else:
-            found = find_targets(model, config, (nn.Module,), self.name)
-        saved = config.modules_to_save
-        found = [(n, m) for n, m in found if not in_modules_to_save(n, saved) and has_parameters(m)]
-        paths = outermost([n for n, _ in found])
-        if not paths:
-            raise TargetError(
-                f"{self.name}: no module with parameters to adapt (target_modules={config.target_modules!r}, "
-                f"exclude_modules={config.exclude_modules!r}, modules_to_save={saved!r})"
-            )
-        return paths
+        return parameter_targets(model, config, self.name)
 
 
 def check_untied(model: nn.Module, paths: list[str], config: SparseDeltaConfig, method: str) -> None:
@@ -67,16 +44,12 @@ def check_untied(model: nn.Module, paths: list[str], config: SparseDeltaConfig, 
                     "leave both modules out with exclude_modules"
                 )
             chosen[id(params[name])] = where
-    targeted = set(paths)
-    for path, module in modules.items():
-        if path in targeted or any(path.startswith(t + ".") for t in targeted):
-            continue
-        for name, p in module.named_parameters(recurse=False):
-            if id(p) in chosen:
-                raise TargetError(
-                    f"{method}: {chosen[id(p)]} is tied to {path}.{name}, which is not targeted; a delta "
-                    "would change both: leave both modules out with exclude_modules"
-                )
+    tie = tie_outside(model, paths, chosen)
+    if tie is not None:
+        raise TargetError(
+            f"{method}: {tie[0]} is tied to {tie[1]}, which is not targeted; a delta "
+            "would change both: leave both modules out with exclude_modules"
+        )
 
 
 @register_method("selection", config=SelectionConfig)
