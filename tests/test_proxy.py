@@ -9,6 +9,7 @@ from conftest import build, tiny_llama
 
 from peftkit import ConfigError, LoraConfig, generate, get_peft_model
 from peftkit.composition import proxy_tuning_hook
+from peftkit.composition.proxy import proxy_combine
 
 STRATEGIES = {
     "greedy": {"strategy": "greedy"},
@@ -88,3 +89,31 @@ def test_vocabulary_mismatch_names_both_sizes():
         proxy_tuning_hook(big, other, build("llama"))
     with pytest.raises(ConfigError, match="antiexpert"):
         proxy_tuning_hook(big, build("llama"))
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_the_decoded_model_as_its_own_proxies_changes_nothing(name):
+    """M+ = M- = M, alpha 1: three steppers over one model object, each with its own cache."""
+    big = build("llama")
+    hook = proxy_tuning_hook(big, big, big, alpha=1.0)
+    assert torch.equal(run(big, hook, **STRATEGIES[name]), run(big, **STRATEGIES[name]))
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_a_freshly_initialised_adapter_changes_nothing(name):
+    """One model in memory: a new LoRA (B = 0) makes the adapter-on and adapter-off rows equal."""
+    big = build("llama")
+    expert = get_peft_model(build("llama", seed=7), LoraConfig(r=4, target_modules="all-linear")).eval()
+    hook = proxy_tuning_hook(big, expert, alpha=2.0)
+    assert torch.equal(run(big, hook, **STRATEGIES[name]), run(big, **STRATEGIES[name]))
+
+
+def test_logits_and_log_probabilities_give_the_same_distribution():
+    """The paper adds logit scores; log-softmax moves each model's row by a constant, so
+    ``softmax`` of the combination is the same either way (greedy and sampling agree)."""
+    g = torch.Generator().manual_seed(0)
+    own, plus, minus = (torch.randn(3, 96, generator=g) * 4 for _ in range(3))
+    combine = proxy_combine(0.7)
+    raw = combine(own, [plus, minus])
+    logp = combine(torch.log_softmax(own, -1), [torch.log_softmax(x, -1) for x in (plus, minus)])
+    torch.testing.assert_close(torch.softmax(raw, -1), torch.softmax(logp, -1))
