@@ -408,6 +408,7 @@ def child_main(spec_path: Path, out_path: Path) -> None:
     from peftkit.io import atomic_write_json
 
     cell = Cell(**json.loads(spec_path.read_text()))
+    t0 = time.perf_counter()
     try:
         measured = run_cell(cell)
     except Exception as err:  # recorded as a failed cell with its cause, shown as such in the table
@@ -416,6 +417,7 @@ def child_main(spec_path: Path, out_path: Path) -> None:
             "error": f"{type(err).__name__}: {err}"[:500],
             "trace": traceback.format_exc()[-3000:],
         }
+    measured["process_s"] = time.perf_counter() - t0  # load, train, evaluate; no lock wait
     atomic_write_json(
         out_path, {"key": cell.key, "cell": cell.to_dict(), "machine": machine_info(), **measured}
     )

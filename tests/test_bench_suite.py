@@ -1,0 +1,131 @@
+"""The benchmark suite's machinery (bench/suite*.py) on a tiny BERT: cells, cache keys, the shared
+training runner for peftkit and peft, and the table / plot / README assembly. No timing asserts."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from peftkit import LoraConfig
+from peftkit.data import Collator
+from peftkit.training import TrainConfig
+from tests.conftest import VOCAB, build
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))
+suite_cells = pytest.importorskip("suite_cells")
+suite_report = pytest.importorskip("suite_report")
+pytest.importorskip("peft")
+
+
+def examples(n: int = 8, seed: int = 0) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    return [
+        {"input_ids": torch.randint(3, VOCAB, (5 + i % 3,), generator=g).tolist(), "labels": i % 3}
+        for i in range(n)
+    ]
+
+
+def train_one(impl: str, tmp_path: Path) -> tuple[object, dict]:
+    config = LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"])
+    run_cfg, spec = SimpleNamespace(adapter=config), SimpleNamespace(type="classification")
+    model = suite_cells.wrap(impl, "lora", build("bert"), run_cfg, spec, total_steps=2)
+    train = TrainConfig(lr=1e-2, max_steps=2, batch_size=4, log_every=1)
+    result, step_s, tokens = suite_cells.train_cell(
+        model, examples(), Collator(0), train, lambda m, b: m(**b).loss, None, tmp_path / impl
+    )
+    assert result.steps == 2 and len(step_s) == 2 and all(t > 0 for t in tokens)
+    measured = {
+        "trainable": suite_cells.trainable_params(model),
+        "adapter_bytes": suite_cells.saved_size(model, tmp_path / impl / "adapter"),
+        **suite_cells.timing_summary(step_s, tokens),
+    }
+    return model, measured
+
+
+def test_peftkit_and_peft_cells_train_the_same_parameters(tmp_path):
+    ours, mine = train_one("peftkit", tmp_path)
+    theirs, ref = train_one("peft", tmp_path)
+    # LoRA on query/value plus the classification head trained in full, in both implementations
+    assert mine["trainable"] == ref["trainable"] == 2 * 2 * (2 * 32 + 2 * 32) + (32 * 3 + 3)
+    assert mine["adapter_bytes"] > 0 and ref["adapter_bytes"] > 0
+    inputs = Collator(0)(examples(4, seed=1))
+    ours.eval(), theirs.eval()
+    with torch.no_grad():  # same init draw, data order, optimizer and steps: the same trained model
+        torch.testing.assert_close(ours(**inputs).logits, theirs(**inputs).logits, atol=1e-5, rtol=1e-4)
+
+
+def test_cell_key_follows_its_settings():
+    a, b = (
+        suite_cells.all_cells(budget, tasks=["sst2"], methods=["lora"])
+        for budget in (suite_cells.FULL, suite_cells.QUICK)
+    )
+    assert [c.impl for c in a] == ["peftkit", "peft"]
+    assert a[0].key != a[1].key and a[0].key != b[0].key
+    assert a[0].key == suite_cells.all_cells(suite_cells.FULL, tasks=["sst2"], methods=["lora"])[0].key
+    assert a[0].run["data"]["limit"] == 8000 and b[0].run["data"]["limit"] == suite_cells.QUICK.sst2_limit
+    # methods peft lacks get no peft cell
+    assert [c.impl for c in suite_cells.all_cells(suite_cells.FULL, tasks=["sst2"], methods=["houlsby"])] == [
+        "peftkit"
+    ]
+
+
+def measured(quality: float, step_ms: float, trainable: int = 100) -> dict:
+    return {
+        "status": "ok",
+        "quality": quality,
+        "trainable": trainable,
+        "adapter_bytes": 4096,
+        "step_ms_median": step_ms,
+        "tokens_per_s": 1000.0,
+        "peak_rss_mib": 500.0,
+    }
+
+
+def test_table_ratios_not_run_and_failed_cells(tmp_path):
+    cells = suite_cells.all_cells(suite_cells.QUICK, tasks=["sst2"], methods=["lora", "prompt", "houlsby"])
+    by = {(c.method, c.impl): c for c in cells}
+    results = {
+        by["lora", "peftkit"].key: measured(85.0, 90.0),
+        by["lora", "peft"].key: measured(84.0, 100.0),
+        by["prompt", "peft"].key: {"status": "failed", "error": "ValueError: boom"},
+    }
+    rows = suite_report.rows(cells, results)
+    lora = next(r for r in rows if r["method"] == "lora" and r["impl"] == "peftkit")
+    assert lora["ratio_to_peft"]["step_ms_median"] == pytest.approx(0.9)
+    md = suite_report.markdown(rows, "title")
+    line = {ln.split(" | ")[1]: ln for ln in md.splitlines() if ln.startswith("| SST-2")}
+    assert "| 85.0 | 84.0 |" in line["LoRA"] and "(0.90x)" in line["LoRA"]
+    assert "| not run | failed |" in line["prompt tuning"]
+    assert "| not run | — |" in line["Houlsby adapter"]
+    assert "ValueError: boom" in md
+    png = suite_report.plot(rows, tmp_path / "q.png", "t")
+    assert png is not None and png.read_bytes()[:4] == b"\x89PNG"
+    assert suite_report.plot(suite_report.rows(cells, {}), tmp_path / "none.png", "t") is None
+
+
+def test_readme_table_is_replaced_between_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{suite_report.README_START}\nold\n{suite_report.README_END}\nrest\n")
+    assert suite_report.update_readme(readme, "| new |\n")
+    assert (
+        readme.read_text()
+        == f"intro\n{suite_report.README_START}\n| new |\n{suite_report.README_END}\nrest\n"
+    )
+    other = tmp_path / "OTHER.md"
+    other.write_text("no markers\n")
+    assert not suite_report.update_readme(other, "x") and other.read_text() == "no markers\n"
+
+
+def test_cache_json_round_trip(tmp_path):
+    import suite
+
+    cell = suite_cells.all_cells(suite_cells.QUICK, tasks=["sst2"], methods=["bitfit"])[0]
+    assert suite.cached(cell, tmp_path) is None
+    (tmp_path / f"{cell.key}.json").write_text(json.dumps({"key": cell.key, **measured(80.0, 10.0)}))
+    assert suite.cached(cell, tmp_path)["quality"] == 80.0
