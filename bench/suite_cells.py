@@ -166,7 +166,7 @@ def peft_config(method: str, adapter: dict[str, Any], task_type: str, total_step
         "prompt": peft.PromptTuningConfig,
         "prefix": peft.PrefixTuningConfig,
         "ptuning": peft.PromptEncoderConfig,
-        "ptuning_v2": lambda **f: peft.PrefixTuningConfig(prefix_projection=False, **f),
+        "ptuning_v2": lambda **f: peft.PrefixTuningConfig(**{**f, "prefix_projection": False}),
     }
     if method not in builders:
         raise ValueError(f"peft has no {method!r}; the suite compares it with peftkit only")
