@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.peftkit-installed
 
-.PHONY: setup run test test-fast lint format bench clean
+.PHONY: setup run test test-fast lint format bench bench-quick bench-lora clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,14 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# the side-by-side suite (hours on 2 cores; resumes from bench/results/cells); quick: a smoke run
 bench: setup
+	$(BIN)/python bench/suite.py
+
+bench-quick: setup
+	$(BIN)/python bench/suite.py --quick
+
+bench-lora: setup
 	$(BIN)/python bench/lora_overhead.py
 
 clean:
