@@ -262,6 +262,11 @@ CASES: list[Case] = [
     ),
     Case("diff-pruning-llama", "llama", lambda: DiffPruningConfig(density=0.1)),
     Case(
+        "diff-pruning-hard-concrete-llama",
+        "llama",
+        lambda: DiffPruningConfig(density=0.1, mask="hard_concrete"),
+    ),
+    Case(
         "diff-pruning-bert-cls-attention",
         "bert",
         lambda: DiffPruningConfig(

@@ -140,3 +140,73 @@ def test_config_errors():
         DiffPruningConfig(density=0.0)
     with pytest.raises(ConfigError, match="last_k"):
         SelectionConfig(last_k=0)
+
+
+def test_hard_concrete_gates_reach_the_target_density(tmp_path):
+    """mask=hard_concrete: the L0 penalty brings the expected density from 0.5 down to the target;
+    the saved diff has exactly the target density and loads and merges to the eval-mode model."""
+    torch.manual_seed(0)
+    config = DiffPruningConfig(
+        density=0.1, mask="hard_concrete", init_density=0.5, target_modules=["fc1", "fc2"]
+    )
+    model = get_peft_model(build("mlp"), config)
+    gates = dict(model.layers())["fc1"].sparse_delta["default"]
+    assert abs(gates.expected_density("weight").item() - 0.5) < 0.01
+    mask0 = gates.mask("weight").clone()
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-2)
+    inputs = make_inputs("mlp")
+    for _ in range(70):
+        opt.zero_grad()
+        (logits(model, inputs).float().pow(2).mean() + model.regularization_loss()).backward()
+        opt.step()
+    model.eval()
+    for _, layer in model.layers():
+        item = layer.sparse_delta["default"]
+        for path in item.shapes:
+            assert item.expected_density(path).item() < 0.11, path
+    assert not torch.equal(gates.mask("weight"), mask0), "the gates never changed the mask"
+    k = round(0.1 * gates.mask("weight").numel())
+    inputs = make_inputs("mlp", seed=4)
+    expected = logits(model, inputs)
+    torch.testing.assert_close(logits(model, inputs), expected)  # deterministic outside training
+    model.save_pretrained(tmp_path)
+    saved = load_file(str(tmp_path / "adapter_model.safetensors"))
+    assert saved["base_model.model.fc1.sparse_delta.weight.values"].numel() == k
+    loaded = PeftModel.from_pretrained(build("mlp"), tmp_path)
+    torch.testing.assert_close(logits(loaded, inputs), expected, atol=1e-6, rtol=1e-5)
+    merged = loaded.merge_and_unload()
+    torch.testing.assert_close(logits(merged, inputs), expected, atol=1e-5, rtol=1e-5)
+    assert int((merged.fc1.weight - build("mlp").fc1.weight != 0).sum()) <= k
+
+
+def test_hard_concrete_gates_are_stochastic_in_training_and_reparameterised():
+    model = get_peft_model(
+        build("mlp"), DiffPruningConfig(density=0.25, mask="hard_concrete", target_modules=["fc1"])
+    )
+    gates = dict(model.layers())["fc1"].sparse_delta["default"]
+    D, log_alpha = gates.dense["weight"], gates.log_alpha["weight"]
+    with torch.no_grad():
+        D.normal_()
+    gates.train()
+    torch.manual_seed(1)
+    first = gates.delta("weight")
+    assert not torch.equal(first, gates.delta("weight")), "training gates are not sampled"
+    assert bool(((first == 0) | (first == D)).float().mean() > 0.5), "hard gates are mostly exactly 0 or 1"
+    (first * torch.randn_like(first)).sum().backward()
+    assert D.grad.abs().sum() > 0 and log_alpha.grad.abs().sum() > 0
+    gates.eval()
+    outside = gates.delta("weight")
+    assert int((outside != 0).sum()) <= round(0.25 * D.numel())
+    torch.testing.assert_close(outside, gates.delta("weight"))
+    no_penalty = DiffPruningConfig(mask="hard_concrete", l0_weight=0.0, target_modules=["fc1"])
+    assert get_peft_model(build("mlp"), no_penalty).regularization_loss() == 0
+
+
+def test_hard_concrete_config_errors():
+    with pytest.raises(ConfigError, match="mask"):
+        DiffPruningConfig(mask="l1")
+    with pytest.raises(ConfigError, match="l0_weight"):
+        DiffPruningConfig(mask="hard_concrete", l0_weight=-1.0)
+    with pytest.raises(ConfigError, match="init_density"):
+        DiffPruningConfig(mask="hard_concrete", init_density=1.0)

@@ -1,4 +1,4 @@
-"""Learned sparse diffs: straight-through top-k scores ending at an exact target density."""
+"""Learned sparse diffs: straight-through top-k scores or hard-concrete (L0) gates, at a target density."""
 
 from .config import DiffPruningConfig
 from .method import DiffPruningMethod

@@ -1,5 +1,6 @@
-"""The learned mask lives in :class:`~peftkit.methods.selection.layer.TopKDelta`, used by the shared layer."""
+"""The learned masks live in :mod:`peftkit.methods.selection.layer` (:class:`TopKDelta`,
+:class:`HardConcreteDelta`), used by the shared sparse-delta layer."""
 
-from ..selection.layer import SparseDeltaLayer, TopKDelta
+from ..selection.layer import HardConcreteDelta, SparseDeltaLayer, TopKDelta
 
-__all__ = ["SparseDeltaLayer", "TopKDelta"]
+__all__ = ["HardConcreteDelta", "SparseDeltaLayer", "TopKDelta"]

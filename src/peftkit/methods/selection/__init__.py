@@ -5,11 +5,12 @@ injection that ``bitfit`` and ``diff_pruning`` share.
 """
 
 from .config import SelectionConfig, SparseDeltaConfig, smallest_magnitude_mask
-from .layer import FixedSparseDelta, SparseDeltaLayer, TopKDelta
+from .layer import FixedSparseDelta, HardConcreteDelta, SparseDeltaLayer, TopKDelta
 from .method import SelectionMethod, SparseDeltaMethod
 
 __all__ = [
     "FixedSparseDelta",
+    "HardConcreteDelta",
     "SelectionConfig",
     "SelectionMethod",
     "SparseDeltaConfig",

@@ -9,12 +9,16 @@ shares), where ``delta`` is zero outside a mask. Two kinds of delta, one per kin
   exactly the number of selected entries.
 * :class:`TopKDelta`: the mask is learned, the top-k entries of a score tensor per parameter
   (straight-through top-k, see :mod:`peftkit.methods.diff_pruning`).
+* :class:`HardConcreteDelta`: the mask is learned through stochastic hard-concrete gates with an
+  L0 penalty (diff pruning's original relaxation), kept at the top-k gates after training.
 
 Either way the saved diff is sparse (flat ``indices`` + ``values`` per parameter) and merging adds
-exactly ``M * D`` into the base weights.
+exactly the delta the model runs with outside training into the base weights.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -120,6 +124,79 @@ class TopKDelta(SparseDelta):
         self.keep[path] = idx.numel()
 
 
+# hard-concrete stretch and temperature (Louizos et al. 2018, sec. 4; diff pruning uses the same)
+BETA, GAMMA, ZETA = 2 / 3, -0.1, 1.1
+OPEN_SHIFT = BETA * math.log(-GAMMA / ZETA)  # P(z != 0) = sigmoid(log_alpha - OPEN_SHIFT)
+
+
+def log_alpha_for(density: float) -> float:
+    """The gate logit at which a gate is non-zero with probability ``density``."""
+    density = min(max(density, 1e-6), 1 - 1e-6)
+    return math.log(density / (1 - density)) + OPEN_SHIFT
+
+
+class HardConcreteDelta(SparseDelta):
+    """A dense trainable ``D`` and gate logits ``log_alpha`` per parameter; the delta is ``z * D``.
+
+    In training (train mode, gradients on) ``z`` is a hard-concrete sample, ``u ~ U(0, 1)``::
+
+        z = clamp(sigmoid((log u - log(1 - u) + log_alpha) / BETA) * (ZETA - GAMMA) + GAMMA, 0, 1)
+
+    reparameterised, so ``D`` and ``log_alpha`` both get gradients, and exactly 0 or 1 with
+    non-zero probability. :meth:`expected_density` (the mean ``P(z != 0)``) is what the L0 penalty
+    pushes down to the target. Otherwise (eval, merging, saving) the gate is the deterministic
+    ``clamp(sigmoid(log_alpha) * (ZETA - GAMMA) + GAMMA, 0, 1)`` on the ``density`` fraction of
+    entries with the highest ``log_alpha``, zero elsewhere: the saved density is exact.
+    """
+
+    def __init__(self, params: dict[str, torch.Tensor], density: float, init_density: float):
+        super().__init__()
+        self.shapes = {p: t.shape for p, t in params.items()}
+        self.keep = {p: max(1, round(density * t.numel())) for p, t in params.items()}
+        self.dense, self.log_alpha = nn.ParameterDict(), nn.ParameterDict()
+        for path, p in params.items():
+            kw = {"dtype": delta_dtype(p), "device": p.device}
+            self.dense[_key(path)] = nn.Parameter(torch.zeros(p.shape, **kw))
+            noise = torch.rand(p.shape, **kw) * 1e-3  # breaks ties in the top-k
+            self.log_alpha[_key(path)] = nn.Parameter(noise + log_alpha_for(init_density))
+
+    def expected_density(self, path: str) -> torch.Tensor:
+        """The mean probability that a gate is non-zero (a scalar with a gradient)."""
+        return torch.sigmoid(self.log_alpha[_key(path)] - OPEN_SHIFT).mean()
+
+    def mask(self, path: str) -> torch.Tensor:
+        """The kept entries outside training: the top-k of ``log_alpha`` (a 0/1 tensor)."""
+        scores = self.log_alpha[_key(path)].detach().flatten()
+        idx = scores.topk(self.keep[path]).indices  # (k,)
+        return torch.zeros_like(scores).index_fill(0, idx, 1.0).view(self.shapes[path])
+
+    def gate(self, path: str) -> torch.Tensor:
+        log_alpha = self.log_alpha[_key(path)]
+        if self.training and torch.is_grad_enabled():
+            u = torch.rand_like(log_alpha).clamp(1e-6, 1 - 1e-6)
+            soft = torch.sigmoid((u.log() - (1 - u).log() + log_alpha) / BETA)
+        else:
+            soft = torch.sigmoid(log_alpha) * self.mask(path)
+        return (soft * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)
+
+    def delta(self, path: str) -> torch.Tensor:
+        return self.gate(path) * self.dense[_key(path)]
+
+    def sparse(self, path: str) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.mask(path).flatten().nonzero().squeeze(1)  # (k,)
+        with torch.no_grad():
+            return idx, self.delta(path).flatten()[idx]
+
+    def load_sparse(self, path: str, indices: torch.Tensor, values: torch.Tensor) -> None:
+        """A saved diff becomes open gates (``z = 1``) on its entries and closed ones elsewhere."""
+        D, A = self.dense[_key(path)], self.log_alpha[_key(path)]
+        idx = indices.to(D.device, torch.int64)
+        with torch.no_grad():
+            D.zero_().view(-1).index_copy_(0, idx, values.to(D))
+            A.fill_(-10.0).view(-1).index_fill_(0, idx, 10.0)  # sigmoid(10) * 1.2 - 0.1 > 1
+        self.keep[path] = idx.numel()
+
+
 class SparseDeltaLayer(ParameterDeltaLayer):
     """Wraps any module; adapter ``name`` runs it with ``W0 + delta`` for each chosen parameter."""
 
@@ -132,10 +209,14 @@ class SparseDeltaLayer(ParameterDeltaLayer):
     def add(self, name: str, config, module_name: str) -> None:
         params = dict(self.base.named_parameters())
         masks = config.parameter_masks(self.base, module_name)  # {path: bool mask}
-        if config.learned:
-            self.sparse_delta[name] = TopKDelta({p: params[p] for p in masks}, config.density)
-        else:
+        if not config.learned:
             self.sparse_delta[name] = FixedSparseDelta(params, masks)
+            return
+        chosen = {p: params[p] for p in masks}
+        if config.mask == "hard_concrete":
+            self.sparse_delta[name] = HardConcreteDelta(chosen, config.density, config.init_density)
+        else:
+            self.sparse_delta[name] = TopKDelta(chosen, config.density)
 
     def deltas(self, name: str) -> dict[str, torch.Tensor]:
         item = self.sparse_delta[name]
