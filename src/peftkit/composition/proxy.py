@@ -3,7 +3,9 @@
 A model ``M`` is decoded from ``s_M + alpha * (s_M+ - s_M-)``, where ``M+`` (the expert) is a
 small tuned model and ``M-`` (the anti-expert) the same small model untuned; the difference of
 their logits carries what tuning taught the small model (sec. 2). The three models must share a
-vocabulary. Each step, the expert and anti-expert are fed the same tokens as ``M`` with their own
+vocabulary. Raw logits are added, as in the paper; with log-softmax scores instead each term
+moves by a per-row constant, so the next-token distribution (and greedy choice) is the same.
+Each step, the expert and anti-expert are fed the same tokens as ``M`` with their own
 KV caches (:class:`~peftkit.decoding.ModelLogitsHook`), so it works with every decoding strategy
 (greedy, sampling, beam, contrastive); the hook sees raw logits, before penalties and warpers.
 
