@@ -151,6 +151,10 @@ def main() -> None:
     every = all_cells(QUICK if args.quick else FULL)
     todo = [c for c in every if (not tasks or c.task in tasks) and (not only or c.method in only)]
     lock = args.lock or None
+    inf_path = out_dir / "inference.json"  # first: minutes, where the cells take hours
+    if not args.report_only and not args.no_inference and (args.force or not inf_path.exists()):
+        print("inference ...", flush=True)
+        run_inference(inf_path, args.quick, lock)
     if not args.report_only:
         for i, cell in enumerate(todo, 1):
             if cached(cell, cells_dir) and not (args.force or only):
@@ -164,10 +168,6 @@ def main() -> None:
             )
             print(f"    {r['status']}: {shown} ({r['cell_wall_s']:.0f} s)", flush=True)
             assemble(every, cells_dir, out_dir, args.quick, _cached_inference(out_dir))
-    inf_path = out_dir / "inference.json"
-    if not args.report_only and not args.no_inference and (args.force or not inf_path.exists()):
-        print("inference ...", flush=True)
-        run_inference(inf_path, args.quick, lock)
     md = assemble(every, cells_dir, out_dir, args.quick, _cached_inference(out_dir))
     if not args.quick and report.update_readme(ROOT / "README.md", md):
         print("README table updated")
