@@ -119,6 +119,8 @@ def run_settings(task: str, method: str, budget: Budget) -> tuple[dict[str, Any]
     if task == "sst2":
         data.update(limit=budget.sst2_limit, eval_limit=budget.sst2_eval_limit)
         train.update(epochs=budget.sst2_epochs)
+        if method == "adalora":
+            run["adapter"] = adalora_schedule(run["adapter"], budget.sst2_limit / FULL.sst2_limit)
         evaluation: dict[str, Any] = {"metric": "eval_accuracy"}
     else:
         train.update(max_steps=budget.e2e_steps, warmup_steps=min(10, max(1, budget.e2e_steps // 4)))
@@ -132,6 +134,14 @@ def run_settings(task: str, method: str, budget: Budget) -> tuple[dict[str, Any]
     run.update(data=data, train=train)
     run.pop("output_dir", None)
     return run, evaluation
+
+
+def adalora_schedule(adapter: dict[str, Any], fraction: float) -> dict[str, Any]:
+    """AdaLoRA's tinit / tfinal / deltaT scaled to a budget of ``fraction`` of the full steps."""
+    if fraction >= 1:
+        return adapter
+    scaled = {k: max(1, round(adapter[k] * fraction)) for k in ("tinit", "tfinal", "deltaT") if k in adapter}
+    return {**adapter, **scaled}
 
 
 def all_cells(budget: Budget, tasks: list[str] | None = None, methods: list[str] | None = None) -> list[Cell]:
