@@ -92,7 +92,7 @@ def infer_child(out: Path, quick: bool) -> None:
 
     from peftkit.io import atomic_write_json
 
-    settings = {"reps": 3, "warmup": 1, "seq": 32} if quick else {"reps": 10, "warmup": 2, "seq": 64}
+    settings = {"reps": 3, "warmup": 1, "seq": 16} if quick else {"reps": 10, "warmup": 2, "seq": 64}
     atomic_write_json(out, {"status": "ok", "machine": machine_info(), **run(**settings)})
 
 

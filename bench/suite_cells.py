@@ -82,7 +82,7 @@ class Budget:
 
 
 FULL = Budget()
-QUICK = Budget(sst2_limit=320, sst2_eval_limit=200, e2e_steps=4, e2e_bleu_inputs=6, max_new_tokens=24)
+QUICK = Budget(sst2_limit=192, sst2_eval_limit=128, e2e_steps=3, e2e_bleu_inputs=4, max_new_tokens=16)
 
 
 @dataclass
