@@ -136,11 +136,7 @@ def child(args: argparse.Namespace) -> None:
     """``--system X``: peak-RSS run of one system in this (fresh) process; prints one JSON line."""
     before = mib_now()
     step, module = build(args.system, make_ids(args.batch, args.seq), args.rank)
-    setup = mib_now()
-    for _ in range(2):
-        step()
-    info: dict[str, Any] = {"rss_before_load_mib": before, "rss_after_setup_mib": setup}
-    info["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    info = rss_after_steps(step, before)
     if hasattr(module, "parameter_report"):
         info["trainable"] = module.parameter_report().trainable
     elif hasattr(module, "get_nb_trainable_parameters"):
@@ -148,11 +144,26 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps(info))
 
 
+def rss_after_steps(step: Step, before: float) -> dict[str, Any]:
+    """RSS before loading (given), after setup, and the process peak after two steps (MiB)."""
+    setup = mib_now()
+    for _ in range(2):
+        step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return {"rss_before_load_mib": before, "rss_after_setup_mib": setup, "peak_rss_mib": peak}
+
+
 def measure_rss(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    flags = {k: getattr(args, k) for k in ("batch", "seq", "rank", "warmup", "steps")}
+    return rss_children(__file__, list(SYSTEMS), flags)
+
+
+def rss_children(script: str, systems: list[str], flags: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Run ``script --system S`` for each system in a fresh process, one after another; each prints
+    one JSON line (its RSS) last."""
     out = {}
-    for system in SYSTEMS:
-        flags = {k: getattr(args, k) for k in ("batch", "seq", "rank", "warmup", "steps")}
-        cmd = [sys.executable, __file__, "--system", system, *(f"--{k}={v}" for k, v in flags.items())]
+    for system in systems:
+        cmd = [sys.executable, script, "--system", system, *(f"--{k}={v}" for k, v in flags.items())]
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if res.returncode != 0:
             raise RuntimeError(f"RSS child {system} failed:\n{res.stderr[-3000:]}")

@@ -24,14 +24,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
-from lora_overhead import machine_info, make_ids, mib_now, round_robin, summary
+from lora_overhead import (
+    machine_info,
+    make_ids,
+    mib_now,
+    round_robin,
+    rss_after_steps,
+    rss_children,
+    summary,
+)
 
 MODEL = "smollm2-135m"
 SYSTEMS = {
@@ -94,25 +99,13 @@ def child(args: argparse.Namespace) -> None:
     base = load(args.system)
     bits = storage(base) if args.system != "peftkit_lora" else None  # the bare base, before LoRA
     step, model = build(args.system, make_ids(args.batch, args.seq), args.rank, base)
-    setup = mib_now()
-    for _ in range(2):
-        step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    info = {"rss_before_load_mib": before, "rss_after_setup_mib": setup, "peak_rss_mib": peak}
+    info = rss_after_steps(step, before)
     print(json.dumps({**info, "trainable": trainable(model), "storage": bits}))
 
 
 def measure_rss(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    out = {}
-    for system in SYSTEMS:
-        flags = {k: getattr(args, k) for k in ("batch", "seq", "rank")}
-        cmd = [sys.executable, __file__, "--system", system, *(f"--{k}={v}" for k, v in flags.items())]
-        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if res.returncode != 0:
-            raise RuntimeError(f"RSS child {system} failed:\n{res.stderr[-3000:]}")
-        out[system] = json.loads(res.stdout.strip().splitlines()[-1])
-        print(f"  rss {system}: {out[system]['peak_rss_mib']:.0f} MiB peak", flush=True)
-    return out
+    flags = {k: getattr(args, k) for k in ("batch", "seq", "rank")}
+    return rss_children(__file__, list(SYSTEMS), flags)
 
 
 def storage(base: torch.nn.Module) -> dict[str, float]:

@@ -87,6 +87,21 @@ def test_last_k_layers_targets_only_the_last_layers():
     assert model.parameter_report().trainable == n_layer
 
 
+def assert_sparse_roundtrip(model, k: int, tmp_path) -> torch.nn.Module:
+    """fc1's saved diff holds exactly ``k`` values; loading it, then merging it, gives the same
+    outputs as ``model``. Returns the merged model."""
+    inputs = make_inputs("mlp", seed=4)
+    expected = logits(model, inputs)
+    model.save_pretrained(tmp_path)
+    saved = load_file(str(tmp_path / "adapter_model.safetensors"))
+    assert saved["base_model.model.fc1.sparse_delta.weight.values"].numel() == k
+    loaded = PeftModel.from_pretrained(build("mlp"), tmp_path)
+    torch.testing.assert_close(logits(loaded, inputs), expected, atol=1e-6, rtol=1e-5)
+    merged = loaded.merge_and_unload()
+    torch.testing.assert_close(logits(merged, inputs), expected, atol=1e-5, rtol=1e-5)
+    return merged
+
+
 def test_diff_pruning_ends_at_the_target_density_and_learns_its_mask(tmp_path):
     config = DiffPruningConfig(density=0.1, target_modules=["fc1", "fc2"])
     model = get_peft_model(build("mlp"), config)
@@ -98,15 +113,7 @@ def test_diff_pruning_ends_at_the_target_density_and_learns_its_mask(tmp_path):
     k = round(0.1 * mask1.numel())
     assert int(mask1.sum()) == k
     assert not torch.equal(mask0, mask1), "the scores never changed the mask"
-    inputs = make_inputs("mlp", seed=4)
-    expected = logits(model, inputs)
-    model.save_pretrained(tmp_path)
-    saved = load_file(str(tmp_path / "adapter_model.safetensors"))
-    assert saved["base_model.model.fc1.sparse_delta.weight.values"].numel() == k
-    loaded = PeftModel.from_pretrained(build("mlp"), tmp_path)
-    torch.testing.assert_close(logits(loaded, inputs), expected, atol=1e-6, rtol=1e-5)
-    merged = loaded.merge_and_unload()
-    torch.testing.assert_close(logits(merged, inputs), expected, atol=1e-5, rtol=1e-5)
+    merged = assert_sparse_roundtrip(model, k, tmp_path)
     diff = merged.fc1.weight - build("mlp").fc1.weight
     assert int((diff != 0).sum()) <= k
 
@@ -168,15 +175,8 @@ def test_hard_concrete_gates_reach_the_target_density(tmp_path):
     assert not torch.equal(gates.mask("weight"), mask0), "the gates never changed the mask"
     k = round(0.1 * gates.mask("weight").numel())
     inputs = make_inputs("mlp", seed=4)
-    expected = logits(model, inputs)
-    torch.testing.assert_close(logits(model, inputs), expected)  # deterministic outside training
-    model.save_pretrained(tmp_path)
-    saved = load_file(str(tmp_path / "adapter_model.safetensors"))
-    assert saved["base_model.model.fc1.sparse_delta.weight.values"].numel() == k
-    loaded = PeftModel.from_pretrained(build("mlp"), tmp_path)
-    torch.testing.assert_close(logits(loaded, inputs), expected, atol=1e-6, rtol=1e-5)
-    merged = loaded.merge_and_unload()
-    torch.testing.assert_close(logits(merged, inputs), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits(model, inputs), logits(model, inputs))  # deterministic in eval
+    merged = assert_sparse_roundtrip(model, k, tmp_path)
     assert int((merged.fc1.weight - build("mlp").fc1.weight != 0).sum()) <= k
 
 
