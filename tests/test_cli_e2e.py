@@ -285,6 +285,32 @@ def test_train_classification_with_automatic_head(cls_run):
     )
 
 
+def test_new_head_and_adapter_follow_the_seed_not_the_process_rng(bert_dir, sentiment, tmp_path):
+    from peftkit.pipeline import prepare
+    from peftkit.run_config import build_run_config
+
+    def trainable(seed: int) -> dict[str, torch.Tensor]:
+        torch.rand(11)  # whatever the process drew before must not matter
+        run = build_run_config(
+            {
+                "model": {"name": str(bert_dir)},
+                "task": {"type": "classification", "max_length": 32},
+                "data": {"train": str(sentiment), "eval_fraction": 0.25},
+                "adapter": {"method": "lora", "r": 2, "target_modules": ["query", "value"]},
+                "train": {"seed": seed},
+                "output_dir": str(tmp_path),
+            }
+        )
+        model = prepare(run).model
+        return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    first, again, other = trainable(0), trainable(0), trainable(1)
+    assert any("classifier" in n for n in first) and first.keys() == again.keys() == other.keys()
+    assert all(torch.equal(first[n], again[n]) for n in first)
+    head = next(n for n in first if "classifier" in n and n.endswith("weight"))
+    assert not torch.equal(first[head], other[head])  # another seed, another draw
+
+
 def test_train_cloze_on_causal_lm(cloze_run):
     saved = _has_run_files(cloze_run)
     assert saved["adapter"]["lora_alpha"] == 4 and saved["task"]["type"] == "cloze"

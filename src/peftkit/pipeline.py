@@ -49,6 +49,8 @@ def load_base(run: RunConfig, spec: TaskSpec):
 
     kwargs = {"num_labels": len(spec.label_list())} if spec.type == "classification" else {}
     dtype = getattr(torch, run.model.dtype)
+    # a new head (and the adapter drawn after it) is the same draw on every run with this seed
+    torch.manual_seed(run.train.seed)
     model, tok = load_model(
         run.model.name,
         task=model_task(spec),
