@@ -3,6 +3,7 @@
     python bench/suite.py                 # full budget (hours on a 2-core CPU; resumable)
     python bench/suite.py --quick         # smoke budget, well under 15 minutes; labelled "quick"
     python bench/suite.py --only lora,prompt --tasks sst2   # re-run those cells
+    python bench/suite.py --jobs 2        # two cells at once, the cores split between them
 
 Quality: SST-2 on MiniLM-L6 (``examples/sst2_minilm_*.yaml``: the shared train file, held-out split
 eval_fraction 0.05 / seed 0, 8,000 training rows, 1,000 held out, one epoch of 32) and E2E on
@@ -26,10 +27,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +52,27 @@ def cached(cell: Cell, cells_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def run_in_subprocess(args: list[str], lock: str | None, tail: int = 3000) -> tuple[int, str]:
+def thread_env(jobs: int) -> dict[str, str] | None:
+    """The environment of a cell when ``jobs`` cells share the machine: its cores split between them."""
+    if jobs <= 1:
+        return None
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    return {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
+
+def run_in_subprocess(
+    args: list[str], lock: str | None, tail: int = 3000, env: dict[str, str] | None = None
+) -> tuple[int, str]:
     """``python bench/suite.py <args>`` in a fresh process, under ``flock lock`` when given."""
     cmd = [sys.executable, str(Path(__file__).resolve()), *args]
     cmd = ["flock", lock, *cmd] if lock else cmd
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT)
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT, env=env)
     return res.returncode, (res.stdout + res.stderr)[-tail:]
 
 
-def run_cell(cell: Cell, cells_dir: Path, lock: str | None) -> dict[str, Any]:
+def run_cell(
+    cell: Cell, cells_dir: Path, lock: str | None, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Run ``cell`` in its own process; a crash (e.g. killed for memory) is recorded as a failure."""
     from peftkit.io import atomic_write_json
 
@@ -63,7 +80,7 @@ def run_cell(cell: Cell, cells_dir: Path, lock: str | None) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(cell.to_dict(), f)
     t0 = time.perf_counter()
-    code, log = run_in_subprocess(["--cell", f.name, "--cell-out", str(out)], lock)
+    code, log = run_in_subprocess(["--cell", f.name, "--cell-out", str(out)], lock, env=env)
     Path(f.name).unlink()
     if code != 0 or not out.exists():
         error = f"exit {code}: {log.strip().splitlines()[-1] if log.strip() else 'no output'}"
@@ -110,6 +127,7 @@ def assemble(cells: list[Cell], cells_dir: Path, out_dir: Path, quick: bool, inf
         f"(SST-2, {budget.sst2_limit} training rows, {budget.sst2_eval_limit} held out, "
         f"{budget.sst2_epochs:g} epoch of 32) and BLEU (E2E, {budget.e2e_steps} steps of 8, greedy, "
         f"{budget.e2e_bleu_inputs or 'all'} held-out MRs); cost columns give peftkit (its ratio to peft)."
+        + threads_note(results.values())
     )
     md = report.markdown(table, title) + report.inference_markdown(inf)
     meta = {"mode": "quick" if quick else "full", "machine": machine_info(), "budget": vars(budget)}
@@ -123,6 +141,35 @@ def assemble(cells: list[Cell], cells_dir: Path, out_dir: Path, quick: bool, inf
     return md
 
 
+def run_cells(
+    pending: list[Cell], cells_dir: Path, lock: str | None, jobs: int, report: Callable[[], Any]
+) -> None:
+    """Run ``pending``, ``jobs`` cells at a time (each in its own process); ``report`` after each."""
+    env, report_lock = thread_env(jobs), threading.Lock()
+
+    def one(cell: Cell) -> None:
+        name = f"{cell.task} {cell.method} {cell.impl}"
+        print(f"{name} ...", flush=True)
+        r = run_cell(cell, cells_dir, lock, env)
+        shown = (
+            f"quality {r['quality']:.1f}, {r['step_ms_median']:.0f} ms/step"
+            if r["status"] == "ok"
+            else r["error"]
+        )
+        print(f"    {name} {r['status']}: {shown} ({r['cell_wall_s']:.0f} s)", flush=True)
+        with report_lock:  # one writer of the outputs (and of matplotlib) at a time
+            report()
+
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        list(pool.map(one, pending))
+
+
+def threads_note(results: Any) -> str:
+    """Which torch thread counts the measured cells ran with (step times depend on it)."""
+    threads = sorted({r["machine"]["torch_threads"] for r in results if r.get("machine")})
+    return f" Cells ran with {' or '.join(map(str, threads))} torch thread(s) each." if threads else ""
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
@@ -132,6 +179,9 @@ def main() -> None:
     p.add_argument("--tasks", default="", help=f"comma-separated tasks among {list(TASKS)}")
     p.add_argument("--force", action="store_true", help="re-run cells that are already cached")
     p.add_argument("--no-inference", action="store_true")
+    p.add_argument(
+        "--jobs", type=int, default=1, help="cells at once, cores split between them, no lock (default 1)"
+    )
     p.add_argument("--lock", default=LOCK, help="flock file each cell takes ('' for none)")
     p.add_argument("--report-only", action="store_true", help="assemble the outputs from cached cells")
     p.add_argument("--cell", type=Path, help=argparse.SUPPRESS)  # internal: one cell in this process
@@ -150,24 +200,21 @@ def main() -> None:
     tasks = [t for t in args.tasks.split(",") if t]
     every = all_cells(QUICK if args.quick else FULL)
     todo = [c for c in every if (not tasks or c.task in tasks) and (not only or c.method in only)]
-    lock = args.lock or None
+    lock = None if args.jobs > 1 else args.lock or None  # a shared lock would run them one by one
     inf_path = out_dir / "inference.json"  # first: minutes, where the cells take hours
     if not args.report_only and not args.no_inference and (args.force or not inf_path.exists()):
         print("inference ...", flush=True)
         run_inference(inf_path, args.quick, lock)
     if not args.report_only:
-        for i, cell in enumerate(todo, 1):
-            if cached(cell, cells_dir) and not (args.force or only):
-                continue
-            print(f"[{i}/{len(todo)}] {cell.task} {cell.method} {cell.impl} ...", flush=True)
-            r = run_cell(cell, cells_dir, lock)
-            shown = (
-                f"quality {r['quality']:.1f}, {r['step_ms_median']:.0f} ms/step"
-                if r["status"] == "ok"
-                else r["error"]
-            )
-            print(f"    {r['status']}: {shown} ({r['cell_wall_s']:.0f} s)", flush=True)
-            assemble(every, cells_dir, out_dir, args.quick, _cached_inference(out_dir))
+        pending = [c for c in todo if args.force or only or not cached(c, cells_dir)]
+        print(f"{len(pending)} of {len(todo)} cells to run, {args.jobs} at a time", flush=True)
+        run_cells(
+            pending,
+            cells_dir,
+            lock,
+            args.jobs,
+            lambda: assemble(every, cells_dir, out_dir, args.quick, _cached_inference(out_dir)),
+        )
     md = assemble(every, cells_dir, out_dir, args.quick, _cached_inference(out_dir))
     if not args.quick and report.update_readme(ROOT / "README.md", md):
         print("README table updated")

@@ -129,3 +129,12 @@ def test_cache_json_round_trip(tmp_path):
     assert suite.cached(cell, tmp_path) is None
     (tmp_path / f"{cell.key}.json").write_text(json.dumps({"key": cell.key, **measured(80.0, 10.0)}))
     assert suite.cached(cell, tmp_path)["quality"] == 80.0
+
+
+def test_parallel_cells_split_the_cores(monkeypatch):
+    suite = pytest.importorskip("suite")
+    monkeypatch.setattr(suite.os, "cpu_count", lambda: 8)
+    assert suite.thread_env(1) is None  # one cell at a time: the process's own threads
+    env = suite.thread_env(2)
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "4" and "PATH" in env
+    assert suite.thread_env(16)["OMP_NUM_THREADS"] == "1"
