@@ -245,6 +245,23 @@ def test_peft_checkpoint_loads_in_peftkit(kind, cls, kwargs, save, tmp_path):
     torch.testing.assert_close(logits(ours, inputs), expected, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize(("kind", "cls", "kwargs", "save"), INTEROP)
+def test_one_seed_gives_peft_and_peftkit_the_same_start(kind, cls, kwargs, save):
+    """Random draws in peft's order (embedding, then encoder head): side-by-side runs start equal."""
+    base_ours, base_theirs = build(kind), build(kind)
+    torch.manual_seed(0)
+    ours = peftkit.get_peft_model(
+        base_ours, getattr(peftkit, cls)(task_type=TASKS[kind], modules_to_save=save, **kwargs)
+    )
+    torch.manual_seed(0)
+    config = getattr(peft, PEFT_NAMES.get(cls, cls))(task_type=TASKS[kind], modules_to_save=save, **kwargs)
+    theirs = peft.get_peft_model(base_theirs, config)
+    inputs = unpadded(kind)
+    torch.testing.assert_close(
+        logits(ours, inputs), peft_logits(theirs.eval(), kind, inputs), atol=1e-5, rtol=1e-4
+    )
+
+
 @pytest.mark.parametrize("kind", ["llama", "bert"])
 def test_saved_task_type_is_read_from_the_model(kind, tmp_path):
     """Without task_type peft would run the bare base; peftkit writes the model's task."""

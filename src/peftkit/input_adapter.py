@@ -22,6 +22,7 @@ virtual tokens, exactly as in the training forward where real tokens sit after t
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -443,12 +444,17 @@ def _encoder_decoder(
 
 class ReparametrisedPrompt(InputAdapter):
     """Virtual vectors ``embedding.weight`` (peft's name), optionally produced by a trainable ``head``
-    (an MLP or LSTM) while training; :meth:`eject` bakes the head's output into flat vectors."""
+    (an MLP or LSTM) while training; :meth:`eject` bakes the head's output into flat vectors.
 
-    def __init__(self, num_virtual_tokens: int, rows: int, width: int, head: nn.Module | None, dtype):
+    ``make_head`` is called after the embedding is drawn: peft's order of random draws, so one seed
+    starts both libraries from the same vectors and head."""
+
+    def __init__(
+        self, num_virtual_tokens: int, rows: int, width: int, make_head: Callable[[], nn.Module] | None, dtype
+    ):
         super().__init__(num_virtual_tokens)
         self.embedding = nn.Embedding(rows, width, dtype=dtype)  # (rows, width)
-        self.head = head
+        self.head = make_head() if make_head is not None else None
 
     def encoded(self) -> torch.Tensor:
         """All virtual vectors ``(rows, out_width)``: the head's output, or the flat vectors."""

@@ -39,13 +39,14 @@ class PromptEncoder(ReparametrisedPrompt):
 
     def __init__(self, config: PTuningConfig, token_dim: int, submodules: int, hidden: int | None):
         V = config.num_virtual_tokens
-        head = None
-        if hidden is not None:
+
+        def head() -> nn.Module:
             if config.encoder_reparameterization_type == "LSTM":
-                head = LstmMlp(token_dim, hidden, config.encoder_num_layers, config.encoder_dropout)
-            else:
-                head = mlp(token_dim, hidden)
-        super().__init__(V, V * submodules, token_dim, head, dtype=torch.float32)
+                return LstmMlp(token_dim, hidden, config.encoder_num_layers, config.encoder_dropout)
+            return mlp(token_dim, hidden)
+
+        make_head = head if hidden is not None else None
+        super().__init__(V, V * submodules, token_dim, make_head, dtype=torch.float32)
         self.placeholder = config.placeholder_token_id
 
     def virtual_embeddings(self) -> torch.Tensor:

@@ -17,10 +17,14 @@ class PrefixEncoder(ReparametrisedPrompt):
     def __init__(self, V: int, layers: int, heads: int, token_dim: int, hidden: int | None):
         self.layers, self.heads, self.head_dim = layers, heads, token_dim // heads
         out = layers * 2 * token_dim
-        head = None
-        if hidden is not None:
-            head = nn.Sequential(nn.Linear(token_dim, hidden), nn.Tanh(), nn.Linear(hidden, out))
-        super().__init__(V, V, token_dim if head is not None else out, head, dtype=torch.float32)
+        if hidden is None:
+            super().__init__(V, V, out, None, dtype=torch.float32)
+            return
+
+        def mlp() -> nn.Module:
+            return nn.Sequential(nn.Linear(token_dim, hidden), nn.Tanh(), nn.Linear(hidden, out))
+
+        super().__init__(V, V, token_dim, mlp, dtype=torch.float32)
 
     def prefix(self) -> torch.Tensor:
         V = self.num_virtual_tokens

@@ -17,7 +17,7 @@ class PromptEmbedding(ReparametrisedPrompt):
 
     def __init__(self, config: PromptTuningConfig, token_dim: int, submodules: int):
         V = config.num_virtual_tokens
-        super().__init__(V, V * submodules, token_dim, head=None, dtype=torch.float32)
+        super().__init__(V, V * submodules, token_dim, None, dtype=torch.float32)
 
     def virtual_embeddings(self) -> torch.Tensor:
         return self.encoded()[: self.num_virtual_tokens]  # (V, d)
