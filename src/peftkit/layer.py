@@ -163,12 +163,13 @@ class AdapterLayer(nn.Module):
     def _mixed_forward(self, out: torch.Tensor, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """Each row of the batch uses its own adapter (``row_adapters[i]``), or none."""
         rows = rows_for_batch(self.row_adapters, x.shape[0])
-        out = out.clone()
+        shared = out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()  # e.g. eval dropout
+        out = out.clone() if torch.is_grad_enabled() or shared else out  # in place: no autograd, no alias
         for name in dict.fromkeys(rows):
             if name == BASE_ROW or name not in self.adapter_names():
                 continue
             idx = torch.tensor([i for i, r in enumerate(rows) if r == name], device=x.device)
-            out[idx] = out[idx] + self.adapter_delta(name, x[idx], *args, **kwargs).to(out.dtype)
+            out.index_add_(0, idx, self.adapter_delta(name, x[idx], *args, **kwargs).to(out.dtype))
         return out
 
 
