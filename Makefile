@@ -35,9 +35,10 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# the side-by-side suite (hours on 2 cores; resumes from bench/results/cells); quick: a smoke run
+# the side-by-side suite (about 1.5 hours on 2 cores, two cells at a time, one thread each; resumes
+# from bench/results/cells); quick: a smoke run
 bench: setup
-	$(BIN)/python bench/suite.py
+	$(BIN)/python bench/suite.py --jobs 2
 
 bench-quick: setup
 	$(BIN)/python bench/suite.py --quick
