@@ -133,3 +133,32 @@ def test_mixed_batch_beam_search_equals_single_runs():
     for i, row in enumerate(["b", "default"]):
         model.set_adapter(row)
         assert torch.equal(mixed[i], model.generate(**inputs, **kw)[i])
+
+
+@pytest.mark.parametrize("grad", [True, False])
+@pytest.mark.parametrize("base", ["linear", "identity"])  # identity: the base hands back its input
+def test_mixed_rows_add_each_adapter_once(grad, base):
+    """Each row gets base(x) plus its own adapter's delta, with or without autograd (in place only
+    without), and the input is left as it was even when the base hands it back as its output."""
+    torch.manual_seed(0)
+    model = get_peft_model(
+        torch.nn.Sequential(torch.nn.Linear(4, 4)), LoraConfig(r=2, target_modules=["0"]), "a"
+    )
+    model.add_adapter("b", LoraConfig(r=2, target_modules=["0"]))
+    layer = model.base_model[0]
+    if base == "identity":
+        layer.base_layer = torch.nn.Identity()
+    for B in layer.lora_B.values():
+        torch.nn.init.normal_(B.weight)
+    x, rows = torch.randn(3, 4), ["a", "b", BASE_ROW]
+    expected = torch.stack(
+        [
+            layer.base(x[i]) + (layer.adapter_delta(r, x[i]) if r != BASE_ROW else 0)
+            for i, r in enumerate(rows)
+        ]
+    ).detach()
+    before = x.clone()
+    with torch.set_grad_enabled(grad):
+        out = model(x, adapter_names=rows)
+    torch.testing.assert_close(out, expected)
+    assert torch.equal(x, before)  # the caller's tensor (e.g. a residual) is never written
