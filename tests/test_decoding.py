@@ -10,6 +10,7 @@ from tiny_tokenizer import tiny_tokenizer
 
 from peftkit import BASE_ROW, ConfigError, LoraConfig, get_peft_model
 from peftkit.decoding import (
+    CacheUnusedWarning,
     DecodingConfig,
     ModelLogitsHook,
     TextStreamer,
@@ -120,7 +121,7 @@ class NoCache(torch.nn.Module):
         self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None
     ):
         out = self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
-        out.past_key_values = None
+        out.past_key_values = out.cache = None
         return out
 
 
@@ -131,6 +132,46 @@ def test_kv_cache_matches_recomputing_the_sequence(strategy):
     kw = {"strategy": strategy, "num_beams": 3 if strategy == "beam" else 1, "max_new_tokens": 8}
     kw.update(eos_token_id=eos_ids(4), pad_token_id=1)  # NoCache has no generation_config to read them from
     assert torch.equal(generate(model, ids, **kw).sequences, generate(NoCache(model), ids, **kw).sequences)
+
+
+def fed_lengths(model) -> list[int]:
+    """Record how many (decoder) tokens per row each forward call of ``model`` is fed."""
+    seen: list[int] = []
+
+    def hook(module, args, kwargs):
+        ids = kwargs.get("decoder_input_ids", kwargs.get("input_ids"))
+        seen.append(ids.shape[1] if ids is not None else kwargs["inputs_embeds"].shape[1])
+
+    model.register_forward_pre_hook(hook, with_kwargs=True)
+    return seen
+
+
+@pytest.mark.parametrize("kind", GEN_KINDS)
+@pytest.mark.parametrize("strategy", ["greedy", "beam", "contrastive"])
+def test_every_step_after_the_prompt_feeds_one_token_per_row(kind, strategy, recwarn):
+    """The KV cache is really used (transformers renamed its argument from ``past_key_values`` to
+    ``cache``; a stepper that misses it re-runs the whole sequence silently)."""
+    model = model_of(kind)
+    seen = fed_lengths(model)
+    extra = {"beam": {"num_beams": 2}, "contrastive": {"penalty_alpha": 0.6, "top_k": 3}}.get(strategy, {})
+    out = generate(model, prompts(), strategy=strategy, max_new_tokens=6, min_new_tokens=6, **extra)
+    first = 1 if kind == "t5" else prompts().shape[1]  # T5's decoder starts from its start token
+    assert out.sequences.shape[1] == first + 6
+    later = 6 if strategy == "contrastive" else 5  # contrastive feeds the candidates for every token
+    assert seen == [first] + [1] * later
+    assert not [w for w in recwarn if issubclass(w.category, CacheUnusedWarning)]
+
+
+def test_a_model_that_ignores_its_cache_is_re_run_in_full_with_a_warning():
+    model = NoCache(model_of("llama"))
+    seen = fed_lengths(model.inner)
+    with pytest.warns(CacheUnusedWarning, match="did not grow"):
+        out = generate(model, prompts(), max_new_tokens=4, min_new_tokens=4, pad_token_id=1, eos_token_id=[2])
+    assert seen == [6, 1, 7, 8, 9]  # the first cached step is caught and re-run on the whole sequence
+    expected = generate(
+        model.inner, prompts(), max_new_tokens=4, min_new_tokens=4, pad_token_id=1, eos_token_id=[2]
+    )
+    assert torch.equal(out.sequences, expected.sequences)
 
 
 def test_seeded_sampling_is_reproducible_and_leaves_the_global_generator_alone():

@@ -31,6 +31,7 @@ from torch import nn
 
 from .config import PeftConfig, check_positive_int
 from .errors import AdapterError, ConfigError, TargetError
+from .kv_cache import cache_argument, cache_key, filled_length, passed_cache
 from .registry import Method
 
 PEFT_KEY = "prompt_embeddings"  # peft's single tensor for every prompt-learning method
@@ -250,8 +251,8 @@ def transform_inputs(
     emb_len = [a.num_virtual_tokens if _prepends(a) else 0 for a in rows]  # per row
     kv_len = [a.num_virtual_tokens if a is not None and a.writes_cache else 0 for a in rows]
     T, P = max(emb_len), max(kv_len)
-    cache = kwargs.get("past_key_values")
-    past = cache.get_seq_length() if cache is not None else 0
+    cache = passed_cache(kwargs)
+    past = filled_length(cache)
     prefill = past == 0
     if prefill and any(a is not None and a.replaces_tokens() is not None for a in rows):
         _replace_tokens(model, kwargs, rows)
@@ -276,7 +277,9 @@ def transform_inputs(
     if accepts(model, "position_ids"):
         kwargs["position_ids"] = positions
     if prefill and P:
-        kwargs["past_key_values"] = _write_prefix(model, cache, rows, P, batch)
+        kwargs[cache_key(kwargs) or cache_argument(model) or "past_key_values"] = _write_prefix(
+            model, cache, rows, P, batch
+        )
     kwargs["attention_mask"] = torch.cat([slot_mask(kv_len, P, device).to(mask.dtype), mask], dim=1)
     return Transformed(kwargs, starts, length)
 

@@ -5,10 +5,11 @@ from .config import STRATEGIES, DecodingConfig
 from .engine import GenerationOutput, generate
 from .hooks import LogitsHook, ModelLogitsHook, TextStreamer
 from .masks import MASK_KINDS, build_mask, to_additive
-from .stepper import ModelStepper, StepOutput
+from .stepper import CacheUnusedWarning, ModelStepper, StepOutput
 from .stopping import cut_at_stop_string
 
 __all__ = [
+    "CacheUnusedWarning",
     "MASK_KINDS",
     "STRATEGIES",
     "DecodingConfig",

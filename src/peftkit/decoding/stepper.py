@@ -10,7 +10,9 @@ in lock-step with the first.
 The call sequence a model (or a prompt method inside :class:`~peftkit.PeftModel`) sees:
 
 * decoder-only prefill: ``model(input_ids (B, L), attention_mask (B, L), position_ids (B, L),
-  past_key_values=<empty DynamicCache>, use_cache=True, **forward_kwargs)``;
+  cache=<empty DynamicCache>, use_cache=True, **forward_kwargs)`` (the cache goes under the name the
+  forward takes: ``cache`` in newer ``transformers``, ``past_key_values`` before; see
+  :mod:`peftkit.kv_cache`);
 * each later step: ``input_ids (B, 1)``, ``attention_mask (B, L + t)``, ``position_ids (B, 1)``
   and the same cache;
 * encoder-decoder: the first call passes the encoder's ``input_ids``/``attention_mask`` with
@@ -18,19 +20,26 @@ The call sequence a model (or a prompt method inside :class:`~peftkit.PeftModel`
   ``encoder_outputs`` from the first call, the same encoder mask and one decoder token.
 
 ``position_ids`` and ``logits_to_keep=1`` (only the last position's logits are computed) are only
-passed to a forward that takes them. A model that returns no cache is
-re-run on the whole sequence each step (correct, just slower).
+passed to a forward that takes them. Whether the cache works is checked by behaviour after the
+prefill: a model that takes no cache, returns none or leaves it empty is re-run on the whole sequence
+each step (correct, slower) and a :class:`CacheUnusedWarning` says so.
 """
 
 from __future__ import annotations
 
 import inspect
+import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..kv_cache import cache_argument, filled_length, returned_cache
+
+
+class CacheUnusedWarning(UserWarning):
+    """Decoding runs without a KV cache (every step re-reads the whole sequence)."""
 
 
 @dataclass
@@ -58,7 +67,7 @@ def _accepts(model: nn.Module, name: str) -> bool:
 def new_cache(model: nn.Module):
     """An empty cache of the kind ``transformers`` generate would make for this model (or ``None``)."""
     config = _config(model)
-    if config is None or not _accepts(model, "past_key_values"):
+    if config is None or cache_argument(model) is None:
         return None
     from transformers import DynamicCache, EncoderDecoderCache
 
@@ -91,6 +100,7 @@ class ModelStepper:
         self.encoder_decoder = is_encoder_decoder(model)
         self.use_positions = not self.encoder_decoder and _accepts(model, "position_ids")
         self.last_logits_only = _accepts(model, "logits_to_keep")  # skip the head on the prompt
+        self.cache_arg = cache_argument(model)
         self.cache = None
         self.cached = True
         self.mask: torch.Tensor | None = None  # (B, T) real-token mask (encoder mask for enc-dec)
@@ -105,6 +115,8 @@ class ModelStepper:
             attention_mask = torch.ones_like(input_ids)
         self.cache = new_cache(self.model)
         self.cached = self.cache is not None
+        if not self.cached:
+            _warn_uncached(self.model, "its forward takes no cache argument")
         if self.encoder_decoder:
             self.encoder_ids, self.mask = input_ids, attention_mask.long()
             start = torch.full((input_ids.shape[0], 1), decoder_start_id(self.model), device=input_ids.device)
@@ -116,18 +128,29 @@ class ModelStepper:
         )
 
     def step(self, tokens: torch.Tensor) -> StepOutput:
-        """Feed one new token per row ``(B,)``; returns the logits for the next one."""
+        """Feed one new token per row ``(B,)``; returns the logits for the next one.
+
+        With a cache only the new token goes in; a cache that did not grow by exactly that token
+        means the model ignored it, so the step is re-run on the whole sequence (and every later one).
+        """
         new = tokens[:, None]  # (B, 1)
         self.tokens = torch.cat([self.tokens, new], dim=1)
-        if self.encoder_decoder:
-            ids = new if self.cached else self.tokens
-            return self._call(attention_mask=self.mask, decoder_input_ids=ids, **self._encoder_inputs())
-        self.mask = torch.cat([self.mask, self.mask.new_ones(new.shape)], dim=1)
+        if not self.encoder_decoder:
+            self.mask = torch.cat([self.mask, self.mask.new_ones(new.shape)], dim=1)
         if self.cached:
-            return self._call(input_ids=new, attention_mask=self.mask, **self._positions(1))
-        return self._call(
-            input_ids=self.tokens, attention_mask=self.mask, **self._positions(self.tokens.shape[1])
-        )
+            before = filled_length(self.cache)
+            out = self._call(**self._inputs(new))
+            if self.cached and filled_length(self.cache) == before + 1:
+                return out
+            _warn_uncached(self.model, "the cache did not grow by the token fed")
+            self.cache, self.cached = None, False
+        return self._call(**self._inputs(self.tokens))
+
+    def _inputs(self, ids: torch.Tensor) -> dict:
+        """Forward inputs for decoder tokens ``ids`` (B, n) following everything fed so far."""
+        if self.encoder_decoder:
+            return {"attention_mask": self.mask, "decoder_input_ids": ids, **self._encoder_inputs()}
+        return {"input_ids": ids, "attention_mask": self.mask, **self._positions(ids.shape[1])}
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep rows ``index`` (any length: beams re-selected, candidates repeated or chosen)."""
@@ -161,7 +184,7 @@ class ModelStepper:
 
     def _call(self, **inputs) -> StepOutput:
         if self.cached:
-            inputs.update(past_key_values=self.cache, use_cache=True)
+            inputs.update({self.cache_arg: self.cache, "use_cache": True})
         if self.want_hidden:
             inputs["output_hidden_states"] = True
         if self.last_logits_only:
@@ -169,14 +192,24 @@ class ModelStepper:
         out = self.model(**inputs, **self.forward_kwargs)
         logits = out.logits if hasattr(out, "logits") else out
         if self.cached:
-            self.cache = getattr(out, "past_key_values", None)
-            self.cached = self.cache is not None  # a model that ignores the cache is re-run in full
+            self._keep_cache(out)
         if self.encoder_decoder and self.encoder_outputs is None and self.cached:
             from transformers.modeling_outputs import BaseModelOutput
 
             self.encoder_outputs = BaseModelOutput(last_hidden_state=out.encoder_last_hidden_state)
         fed = inputs["decoder_input_ids" if self.encoder_decoder else "input_ids"].shape[1]
         return StepOutput(logits[:, -1, :].float(), self._hidden(out, fed) if self.want_hidden else None)
+
+    def _keep_cache(self, out) -> None:
+        """Keep the cache the model filled: the one passed (filled in place) or the one it returned,
+        whichever holds more; a model that filled neither is re-run in full from now on."""
+        returned = returned_cache(out)
+        cache = max((c for c in (returned, self.cache) if c is not None), key=filled_length, default=None)
+        if filled_length(cache) == 0:
+            _warn_uncached(self.model, "it returned no filled cache")
+            self.cache, self.cached = None, False
+            return
+        self.cache = cache
 
     def _hidden(self, out, fed: int) -> torch.Tensor:
         states = out.decoder_hidden_states if self.encoder_decoder else out.hidden_states
@@ -186,3 +219,12 @@ class ModelStepper:
                 f"{type(self.model).__name__} returns no hidden states; contrastive search needs them",
             )
         return states[-1][:, -fed:, :].float()  # (B, fed, H): the tokens just fed, not virtual ones
+
+
+def _warn_uncached(model: nn.Module, why: str) -> None:
+    warnings.warn(
+        f"{type(model).__name__} decodes without a KV cache ({why}): every step re-runs the whole "
+        "sequence, which is correct but slow",
+        CacheUnusedWarning,
+        stacklevel=3,
+    )

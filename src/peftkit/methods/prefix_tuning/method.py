@@ -10,6 +10,7 @@ from torch import nn
 
 from ...errors import AdapterError, ConfigError, TargetError
 from ...input_adapter import InputMethod, model_dims
+from ...kv_cache import cache_argument
 from ...registry import register_method
 from .config import PrefixTuningConfig
 from .layer import PrefixEncoder
@@ -77,8 +78,8 @@ def real_activations(model: nn.Module, V: int, seed: int = 0) -> torch.Tensor:
     try:
         model(
             input_ids=ids.to(model.get_input_embeddings().weight.device),
-            past_key_values=cache,
             use_cache=True,
+            **{cache_argument(model) or "past_key_values": cache},
         )
     finally:
         model.train(was_training)
