@@ -120,7 +120,7 @@ def test_multi_task_training_from_a_task_column(tmp_path):
     config = AdaPtLoraConfig(tasks=["sent", "topic"], num_virtual_tokens=2, r=2, target_modules=["q_proj"])
     config.modules_to_save = ["score"]
     model = peftkit.get_peft_model(build("llama_cls"), config)
-    prompts_before = model.input_adapters["default"].prompts.detach().clone()
+    prompts_before = model.prompt_encoder["default"].prompts.detach().clone()
     Trainer(
         model,
         encoded.examples,
@@ -129,7 +129,7 @@ def test_multi_task_training_from_a_task_column(tmp_path):
         tmp_path,
         show_progress=False,
     ).train()
-    moved = (model.input_adapters["default"].prompts - prompts_before).abs().sum(dim=(1, 2))
+    moved = (model.prompt_encoder["default"].prompts - prompts_before).abs().sum(dim=(1, 2))
     assert bool((moved > 0).all()), "every task's prompt trains"
     gates = gate_values(model, "default")
     assert any(v["sent"] != 0.5 for v in gates.values())

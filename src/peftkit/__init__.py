@@ -4,7 +4,7 @@ from . import methods  # noqa: F401  (registers every method)
 from .config import PeftConfig
 from .decoding import DecodingConfig, GenerationOutput, generate
 from .errors import AdapterError, BaseModelMismatchError, CheckpointError, ConfigError, TargetError
-from .layer import BASE_ROW, AdapterLayer
+from .layer import AdapterLayer
 from .methods.adalora import AdaLoraConfig
 from .methods.adaptlora import AdaPtLoraConfig
 from .methods.bitfit import BitFitConfig
@@ -20,6 +20,7 @@ from .methods.prompt_tuning import PromptTuningConfig
 from .methods.selection import SelectionConfig
 from .model import ParameterReport, PeftModel, get_peft_model
 from .registry import LayerMethod, Method, get_method, list_methods, register_method
+from .rows import BASE_ROW
 
 __version__ = "0.1.0"
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..decoding import ModelLogitsHook
 from ..errors import ConfigError
-from ..layer import BASE_ROW
+from ..rows import BASE_ROW
 
 
 def vocabulary_size(model: nn.Module) -> int:

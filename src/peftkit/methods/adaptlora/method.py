@@ -11,9 +11,9 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ...input_adapter import model_dims
 from ...layer import adapter_layers
 from ...registry import LayerMethod, register_method
+from ...virtual import model_dims
 from .config import AdaPtLoraConfig
 from .layer import GatedLoraLinear, TaskPrompts
 
@@ -22,7 +22,7 @@ from .layer import GatedLoraLinear, TaskPrompts
 class AdaPtLoraMethod(LayerMethod):
     layer_types = {nn.Linear: GatedLoraLinear, Conv1D: GatedLoraLinear}
 
-    def input_adapter(
+    def virtual_tokens(
         self, model: nn.Module, config: AdaPtLoraConfig, others: dict[str, nn.Module]
     ) -> TaskPrompts:
         words = model.get_input_embeddings()

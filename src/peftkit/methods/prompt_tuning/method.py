@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError
-from ...input_adapter import InputMethod
 from ...registry import register_method
+from ...virtual import InputMethod
 from .config import PromptTuningConfig
 from .layer import PromptEmbedding
 

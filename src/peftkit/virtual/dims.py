@@ -1,0 +1,51 @@
+"""What a virtual-token method needs to know about its base model, read from the model's config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from ..errors import TargetError
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """What a virtual-token method needs to know about its base, read from the model config."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    encoder_decoder: bool
+
+
+def model_dims(model: nn.Module) -> ModelDims:
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(model, "get_input_embeddings"):
+        raise TargetError(
+            f"{type(model).__name__} has no transformers config and input embeddings; virtual-token "
+            "methods need a transformers model"
+        )
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden = _first(text, "hidden_size", "n_embd", "d_model")
+    heads = _first(text, "num_attention_heads", "n_head", "num_heads")
+    head_dim = getattr(text, "head_dim", None) or getattr(text, "d_kv", None) or hidden // heads
+    return ModelDims(
+        hidden=hidden,
+        layers=_first(text, "num_hidden_layers", "n_layer", "num_layers"),
+        heads=heads,
+        kv_heads=getattr(text, "num_key_value_heads", None) or heads,
+        head_dim=head_dim,
+        encoder_decoder=bool(getattr(config, "is_encoder_decoder", False)),
+    )
+
+
+def _first(config: Any, *names: str) -> int:
+    for name in names:
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    raise TargetError(f"the model config has none of {list(names)}; set it in the adapter config")
