@@ -122,17 +122,19 @@ class AdapterTable:
             raise ApiError(
                 403, "lora_path must lie inside --adapter-dir", param="lora_path", code="forbidden"
             )
-        if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
-            raise ApiError(
-                400,
-                f"{path!r} under --adapter-dir is not an adapter folder holding {CONFIG_NAME} and "
-                f"{WEIGHTS_NAME} (only safetensors weights are loaded)",
-                param="lora_path",
-            )
+        if not folder.is_dir():
+            raise ApiError(400, f"{path!r} under --adapter-dir is not an adapter folder", param="lora_path")
         return folder
 
     def load(self, name: str, folder: Path) -> Entry:
         """Load the adapter in ``folder`` as ``name``; any failure leaves the served models as they were."""
+        if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
+            raise ApiError(
+                400,
+                f"{folder.name} is not an adapter folder holding {CONFIG_NAME} and {WEIGHTS_NAME} "
+                "(only safetensors weights are loaded: pickled files can run code)",
+                param="lora_path",
+            )
         try:
             method = method_for_saved_config(read_config(folder)).name
             if isinstance(self.model, PeftModel):

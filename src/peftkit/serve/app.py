@@ -91,7 +91,7 @@ class Guard:
             await self.app(scope, _limited(receive), counted_send)
         finally:
             endpoint = (
-                path if path in ROUTES else "/v1/models/{id}" if path.startswith("/v1/models/") else "other"
+                path if path in ROUTES else "/v1/models/:id" if path.startswith("/v1/models/") else "other"
             )
             self.server.metrics.count(
                 self.server.metrics.requests, endpoint=endpoint, status=str(status["code"])
