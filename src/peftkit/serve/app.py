@@ -9,6 +9,7 @@ body with a 4xx status for bad input; a decoding failure (a bug) is a 500 that l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -46,6 +47,7 @@ OPEN_PATHS = ("/health",)  # answered without the API key
 PAGE_PATHS = ("/",)  # the playground page holds no data: it asks for the key and sends it with each call
 MAX_BODY = 4 * 1024 * 1024  # bytes
 COMPLETION_DEFAULT_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
+DISCONNECT_CHECK = 0.25  # seconds between checks that a client still waits for a whole response
 ROUTES = (
     "/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions",
     "/v1/load_lora_adapter", "/v1/unload_lora_adapter",
@@ -337,11 +339,14 @@ class Routes:
         return await self._whole(request, assembled, channel)
 
     async def _whole(self, request: Request, assembled: Assembled, channel: Channel) -> Response:
+        loop = asyncio.get_running_loop()
+        checked = loop.time()
         try:
             while assembled.pending:
-                try:
-                    assembled.apply(*await asyncio.wait_for(channel.queue.get(), timeout=0.5))
-                except TimeoutError:
+                with contextlib.suppress(TimeoutError):
+                    assembled.apply(*await asyncio.wait_for(channel.queue.get(), timeout=DISCONNECT_CHECK))
+                if loop.time() - checked >= DISCONNECT_CHECK:  # has the client given up waiting?
+                    checked = loop.time()
                     if await request.is_disconnected():
                         return Response(status_code=499)
         finally:
