@@ -10,6 +10,7 @@ from conftest import build, logits, make_inputs
 import peftkit
 from peftkit import AdaPtLoraConfig, ConfigError
 from peftkit.methods.adaptlora import GatedLoraLinear, gate_values
+from peftkit.plotting import write_figures
 
 KW = {"tasks": ["sent", "topic"], "num_virtual_tokens": 2, "r": 4, "target_modules": ["q_proj", "v_proj"]}
 
@@ -138,5 +139,5 @@ def test_multi_task_training_from_a_task_column(tmp_path):
 def test_gates_figure(tmp_path):
     pytest.importorskip("matplotlib")
     model = model_with_weights()
-    (png,) = model.write_figures(tmp_path)
+    (png,) = write_figures(model, tmp_path)
     assert png.name == "gates_default.png" and png.stat().st_size > 1000

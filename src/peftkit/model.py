@@ -16,6 +16,7 @@ from torch import nn
 from . import checkpoint as ckpt
 from .config import PeftConfig
 from .errors import AdapterError, CheckpointError
+from .figures import Heatmap
 from .layer import AdapterLayer, adapter_layers, get_parent
 from .modules_to_save import wrap_modules_to_save
 from .quantization import dequantize_model, logical_numel, quantized_layers
@@ -204,12 +205,14 @@ class PeftModel(nn.Module):
         for name, config, method in self._training_adapters():
             method.after_optimizer_step(self.base_model, config, name, step)
 
-    def write_figures(self, out_dir: str | Path) -> list[Path]:
-        """Each adapter's own figures (AdaLoRA's rank map, AdaPtLoRA's gates) as PNGs in ``out_dir``."""
-        paths: list[Path] = []
-        for name, config in self.peft_config.items():
-            paths += get_method(config).figures(self.base_model, config, name, Path(out_dir))
-        return paths
+    def figures(self) -> list[Heatmap]:
+        """Each adapter's own figures (AdaLoRA's rank map, AdaPtLoRA's gates), as data: draw them with
+        :func:`peftkit.plotting.write_figures`."""
+        return [
+            fig
+            for name, config in self.peft_config.items()
+            for fig in get_method(config).figures(self.base_model, config, name)
+        ]
 
     # ---- merging ---------------------------------------------------------------------------------
     def merge_adapter(self, adapter_names: list[str] | None = None) -> None:
@@ -249,7 +252,9 @@ class PeftModel(nn.Module):
         """Remove every adapter (unmerging first) and return the original base model."""
         self.unmerge_adapter()
         for _, layer in self.layers():
-            for name in layer.adapter_names():
+            for name in reversed(
+                layer.adapter_names()
+            ):  # the last added first: fusions before their adapters
                 layer.delete(name)
         return self._replace_layers(lambda layer: layer.base)
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .names import register_name_resolver
 from .quantization import quantize_model, strip_gguf_quantization
 
 logger = logging.getLogger(__name__)
@@ -100,6 +101,10 @@ def resolve_model_path(name_or_path: str) -> str:
     if path.is_absolute() or name_or_path.startswith((".", "~")) or path.exists():
         raise ModelNotFoundError(_not_found(name_or_path, f"{str(path)!r} is not a directory"))
     return _resolve_hub(name_or_path)
+
+
+register_name_resolver(resolve_model_path)  # the library resolves names given to it (prompt-tuning
+# tokenizers) through the catalogue, without importing it
 
 
 def load_model(

@@ -275,10 +275,10 @@ def train_run(run: RunConfig, resume: bool = False, show_progress: bool = True) 
     p.model.save_pretrained(out / "adapter", adapter_names=["default"])  # not model.adapters' copies
     plot, figures = None, []
     try:
-        from .plotting import plot_metrics
+        from .plotting import plot_metrics, write_figures
 
         plot = str(plot_metrics(out / "metrics.jsonl", out / "training.png"))
-        figures = [str(f) for f in p.model.write_figures(out)]  # e.g. AdaLoRA's rank map
+        figures = [str(f) for f in write_figures(p.model, out)]  # e.g. AdaLoRA's rank map
     except ImportError as err:
         print(f"no plot: {err}")
     final = [r for r in result.history if any(k.startswith("eval_") for k in r)]

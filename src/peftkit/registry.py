@@ -15,6 +15,7 @@ from torch import nn
 
 from .config import PeftConfig
 from .errors import ConfigError, TargetError
+from .figures import Heatmap
 from .layer import AdapterLayer, attach
 from .targeting import find_targets
 
@@ -73,8 +74,8 @@ class Method:
     ) -> None:
         """Called after optimizer step ``step`` (0-based), before gradients are cleared."""
 
-    def figures(self, model: nn.Module, config: PeftConfig, adapter_name: str, out_dir: Any) -> list[Any]:
-        """PNG files describing the trained adapter (written into ``out_dir``); their paths."""
+    def figures(self, model: nn.Module, config: PeftConfig, adapter_name: str) -> list[Heatmap]:
+        """Figures describing the trained adapter, as data (the application draws them)."""
         return []
 
     # ---- peft's adapter_config.json -----------------------------------------------------------

@@ -17,9 +17,9 @@ from pathlib import Path
 from torch import nn
 
 from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_config
-from ..layer import adapter_layers
+from ..layer import adapter_layers, get_parent
 from ..model import PeftModel
-from ..registry import get_parent, method_for_saved_config
+from ..registry import method_for_saved_config
 from ..rows import BASE_ROW
 from .protocol import ApiError
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,6 +10,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ...errors import ConfigError
+from ...figures import Heatmap
 from ...registry import LayerMethod, register_method
 from .allocation import allocate, budget_for, orthogonal_penalty, rank_map
 from .config import AdaLoraConfig
@@ -51,16 +51,11 @@ class AdaLoraMethod(LayerMethod):
     ) -> None:
         allocate(model, config, adapter_name, step)
 
-    def figures(
-        self, model: nn.Module, config: AdaLoraConfig, adapter_name: str, out_dir: Path
-    ) -> list[Path]:
-        from ...plotting import plot_heatmap
-
+    def figures(self, model: nn.Module, config: AdaLoraConfig, adapter_name: str) -> list[Heatmap]:
         rows, cols, grid = rank_map(model, adapter_name)
         title = f"AdaLoRA ranks ({adapter_name}): init_r={config.init_r}, target_r={config.target_r}"
-        out = out_dir / f"ranks_{adapter_name}.png"
         labels = [f"layer {r}" if r.isdigit() else r for r in rows]
-        return [plot_heatmap(grid, labels, cols, title, out)]
+        return [Heatmap(grid, labels, cols, title, f"ranks_{adapter_name}")]
 
     # ---- peft's adapter_config.json -----------------------------------------------------------
     def to_peft_dict(self, config: AdaLoraConfig, model: nn.Module, targets: list[str]) -> dict[str, Any]:

@@ -5,12 +5,11 @@ as a figure. Saved in peft's layout (keys ``lora_A.weight``, ``lora_B.weight``, 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from ...figures import Heatmap
 from ...layer import adapter_layers
 from ...registry import LayerMethod, register_method
 from ...virtual import model_dims
@@ -31,16 +30,12 @@ class AdaPtLoraMethod(LayerMethod):
             prompts.init_from_vocabulary(words)
         return prompts
 
-    def figures(
-        self, model: nn.Module, config: AdaPtLoraConfig, adapter_name: str, out_dir: Path
-    ) -> list[Path]:
-        from ...plotting import plot_heatmap
-
+    def figures(self, model: nn.Module, config: AdaPtLoraConfig, adapter_name: str) -> list[Heatmap]:
         values = gate_values(model, adapter_name)
         modules = list(values)
         grid = [[values[m][t] for t in config.tasks] for m in modules]
         title = f"AdaPtLoRA gates s_t = sigmoid(g_t) ({adapter_name})"
-        return [plot_heatmap(grid, modules, list(config.tasks), title, out_dir / f"gates_{adapter_name}.png")]
+        return [Heatmap(grid, modules, list(config.tasks), title, f"gates_{adapter_name}")]
 
 
 def gate_values(model: nn.Module, adapter_name: str) -> dict[str, dict[str, float]]:
