@@ -16,6 +16,7 @@ from torch import nn
 
 from .data import Collator, TaskSpec, encode, read_records
 from .data.cloze import cloze_logits, cloze_loss, verbalizer_token_ids
+from .errors import ConfigError
 from .evaluation import accuracy, macro_f1
 from .model import PeftModel, get_peft_model
 from .run_config import DataSection, RunConfig
@@ -242,10 +243,35 @@ def _scores(preds: list[int], labels: list[int], loss: float) -> dict[str, float
 
 
 TASKS = {"classification": _classification, "cloze": _cloze, "sft": _lm, "seq2seq": _lm}
+# what each task's eval_fn reports (multi-task classification adds eval_accuracy_<task> per task);
+# eval_bleu and eval_exact_match come only from decoding (`peftkit eval --generate`), never while training
+EVAL_METRICS = {
+    "classification": ("eval_loss", "eval_accuracy", "eval_macro_f1"),
+    "cloze": ("eval_loss", "eval_accuracy", "eval_macro_f1"),
+    "sft": ("eval_loss", "eval_perplexity"),
+    "seq2seq": ("eval_loss", "eval_perplexity"),
+}
+
+
+def check_metric_for_best(run: RunConfig) -> None:
+    """``train.metric_for_best`` must be a metric this task's evaluation reports: checked before anything
+    loads, not after the last step with nothing saved."""
+    metric, task = run.train.metric_for_best, run.task
+    known = EVAL_METRICS[task.type]
+    per_task = task.type == "classification" and task.task_column and metric.startswith("eval_accuracy_")
+    if metric in known or per_task:
+        return
+    extra = " (plus eval_accuracy_<task> with task.task_column)" if task.type == "classification" else ""
+    raise ConfigError(
+        "train.metric_for_best",
+        f"{metric!r} is not reported by the evaluation of a {task.type} run, which reports {list(known)}"
+        f"{extra}; choose one of those",
+    )
 
 
 def train_run(run: RunConfig, resume: bool = False, show_progress: bool = True) -> dict:
     """Train, save the adapter, the run config, metrics.jsonl and the plot; return a summary."""
+    check_metric_for_best(run)
     out = Path(run.output_dir)
     p = prepare(run)
     run = replace(run, task=p.spec)  # saved with its label set, so eval reads labels the same way
