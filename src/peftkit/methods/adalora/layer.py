@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ...layer import AdapterLayer
+from ...layer import AdapterLayer, check_rank
 from ..lora.layer import adapter_dtype, linear_dims
 from .config import AdaLoraConfig
 
@@ -65,6 +65,7 @@ class AdaLoraLinear(AdapterLayer):
     def add(self, name: str, config: AdaLoraConfig, module_name: str) -> None:
         kept = config.kept_for(module_name)
         r = sum(kept) if kept is not None else config.init_r
+        check_rank("init_r", config.init_r, self.in_features, self.out_features, module_name)
         kw = {"device": self.base.weight.device, "dtype": adapter_dtype(self.base)}
         self.lora_A[name] = nn.Parameter(torch.randn(r, self.in_features, **kw) * 0.02)  # Q: (r, d_in)
         self.lora_E[name] = nn.Parameter(torch.zeros(r, 1, **kw))  # lambda: (r, 1), zero: identity at init
