@@ -251,8 +251,8 @@ TASKS = {"classification": _classification, "cloze": _cloze, "sft": _lm, "seq2se
 # what each task's eval_fn reports (multi-task classification adds eval_accuracy_<task> per task);
 # eval_bleu and eval_exact_match come only from decoding (`peftkit eval --generate`), never while training
 EVAL_METRICS = {
-    "classification": ("eval_loss", "eval_accuracy", "eval_macro_f1"),
-    "cloze": ("eval_loss", "eval_accuracy", "eval_macro_f1"),
+    "classification": ("eval_loss", "eval_accuracy", "eval_macro_f1", "eval_top_prediction_share"),
+    "cloze": ("eval_loss", "eval_accuracy", "eval_macro_f1", "eval_top_prediction_share"),
     "sft": ("eval_loss", "eval_perplexity"),
     "seq2seq": ("eval_loss", "eval_perplexity"),
 }
