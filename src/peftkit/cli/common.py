@@ -42,7 +42,10 @@ def load_with_adapter(args: argparse.Namespace, task: str | None = None):
     model, tok = load_model(args.model, task=task, quantize=getattr(args, "quantize", None), **kwargs)
     if args.adapter:
         model = PeftModel.from_pretrained(
-            model, args.adapter, allow_pickle=args.allow_pickle, ignore_mismatch=args.ignore_base_mismatch
+            model,
+            args.adapter,
+            allow_pickle=args.allow_pickle,
+            ignore_mismatch=getattr(args, "ignore_base_mismatch", False),
         )
     model.eval()
     return model, tok
