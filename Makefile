@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# --overwrite: each `make run` replaces the previous main job's output (runs/demo)
 run: setup
-	$(BIN)/peftkit train
+	$(BIN)/peftkit train --overwrite
 
 test: setup
 	$(BIN)/python -m pytest -q
