@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import sys
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -239,10 +240,14 @@ def _per_task(preds: list[int], labels: list[int], tasks: list[str]) -> dict[str
 
 
 def _scores(preds: list[int], labels: list[int], loss: float) -> dict[str, float]:
+    """Accuracy and macro F1, and how much of the held-out set the most frequent prediction takes
+    (1.0: the model answers one class for everything, e.g. stuck at the majority label)."""
+    top = max(Counter(preds).values(), default=0)
     return {
         "eval_loss": loss,
         "eval_accuracy": accuracy(preds, labels),
         "eval_macro_f1": macro_f1(preds, labels),
+        "eval_top_prediction_share": top / max(len(preds), 1),
     }
 
 
