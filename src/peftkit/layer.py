@@ -19,6 +19,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from .checkpoint import weight_digest
 from .errors import AdapterError, TargetError
 from .nn_types import module_device, trainable_dtype
 from .rows import current_rows, mix_rows
@@ -33,6 +34,7 @@ class AdapterLayer(nn.Module):
     def __init__(self, base_layer: nn.Module):
         super().__init__()
         setattr(self, self.base_attr, base_layer)
+        self.base_digest = weight_digest(base_layer)  # the weight as it was before merges and PiSSA
         self.active: list[str] = []
         self.merged: list[str] = []
         self.disabled = False

@@ -11,7 +11,7 @@ task prompts).
 
 from .adapter import PEFT_KEY, InputAdapter, ReparametrisedPrompt, check_shape
 from .config import PromptLearningConfig
-from .dims import ModelDims, model_dims
+from .dims import ModelDims, check_sizes, model_dims
 from .layout import forward_with_virtual_tokens, transform_inputs
 from .method import InputMethod, peft_task_type
 from .stage import VirtualTokenStage
@@ -25,6 +25,7 @@ __all__ = [
     "ReparametrisedPrompt",
     "VirtualTokenStage",
     "check_shape",
+    "check_sizes",
     "forward_with_virtual_tokens",
     "model_dims",
     "peft_task_type",

@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import nn
 
+from ..config import check_size
 from ..errors import TargetError
 
 
@@ -49,3 +50,18 @@ def _first(config: Any, *names: str) -> int:
         if isinstance(value, int):
             return value
     raise TargetError(f"the model config has none of {list(names)}; set it in the adapter config")
+
+
+def check_sizes(model: nn.Module, config: Any) -> None:
+    """The sizes a config may give (a loaded adapter_config.json among them) fit the model, checked
+    before anything is allocated: the virtual tokens fit its context, the dimensions are at most its own."""
+    dims, name = model_dims(model), type(model).__name__
+    text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    positions = getattr(text, "max_position_embeddings", None)
+    if isinstance(positions, int):
+        why = f"its context holds max_position_embeddings = {positions} positions"
+        check_size("num_virtual_tokens", config.num_virtual_tokens, positions, name, why)
+    own = {"token_dim": dims.hidden, "num_layers": dims.layers, "num_attention_heads": dims.heads}
+    for field, limit in {**own, "num_transformer_submodules": 2}.items():
+        if getattr(config, field, None) is not None:  # a method without the field has nothing to check
+            check_size(field, getattr(config, field), limit, name, f"the model's own is {limit}")

@@ -10,7 +10,7 @@ from ..config import PeftConfig
 from ..registry import Method
 from .adapter import InputAdapter
 from .config import PromptLearningConfig
-from .dims import model_dims
+from .dims import check_sizes, model_dims
 
 
 class InputMethod(Method):
@@ -24,6 +24,7 @@ class InputMethod(Method):
     def virtual_tokens(
         self, model: nn.Module, config: PeftConfig, others: dict[str, nn.Module]
     ) -> InputAdapter:
+        check_sizes(model, config)
         return self.build(model, config, others)
 
     def build(self, model: nn.Module, config: PromptLearningConfig, shared=None) -> InputAdapter:

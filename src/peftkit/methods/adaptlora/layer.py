@@ -15,6 +15,7 @@ import math
 import torch
 from torch import nn
 
+from ...config import check_rank
 from ...errors import AdapterError
 from ...rows import current_rows
 from ...virtual import PEFT_KEY, InputAdapter, check_shape
@@ -34,6 +35,7 @@ class GatedLoraLinear(LowRankLayer):
         self.configs: dict[str, AdaPtLoraConfig] = {}
 
     def add(self, name: str, config: AdaPtLoraConfig, module_name: str) -> None:
+        check_rank("r", config.r, self.in_features, self.out_features, module_name)
         kw = self.new_tensor_kwargs()
         self.lora_A[name] = nn.Linear(self.in_features, config.r, bias=False, **kw)  # (r, d_in)
         self.lora_B[name] = nn.Linear(config.r, self.out_features, bias=False, **kw)  # (d_out, r)

@@ -12,7 +12,7 @@ from transformers.pytorch_utils import Conv1D
 from ...figures import Heatmap
 from ...layer import adapter_layers
 from ...registry import LayerMethod, register_method
-from ...virtual import model_dims
+from ...virtual import check_sizes, model_dims
 from .config import AdaPtLoraConfig
 from .layer import GatedLoraLinear, TaskPrompts
 
@@ -24,6 +24,7 @@ class AdaPtLoraMethod(LayerMethod):
     def virtual_tokens(
         self, model: nn.Module, config: AdaPtLoraConfig, others: dict[str, nn.Module]
     ) -> TaskPrompts:
+        check_sizes(model, config)
         words = model.get_input_embeddings()
         prompts = TaskPrompts(config, model_dims(model).hidden, words.weight.device)
         if config.prompt_init == "vocab" and not config.inference_mode:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ...config import check_size
 from ...errors import AdapterError, TargetError
 from ...layer import AdapterLayer
 from ...nn_types import output_features
@@ -89,6 +90,9 @@ class BottleneckLayer(AdapterLayer):
 
     # ---- adding ------------------------------------------------------------------------------
     def add(self, name: str, config: BottleneckConfig, module_name: str) -> None:
+        if config.bottleneck_size is not None:
+            why = "a bottleneck is no wider than the hidden size"
+            check_size("bottleneck_size", config.bottleneck_size, self.hidden, module_name, why)
         self.bottleneck[name] = Bottleneck(self.hidden, config, **self.new_tensor_kwargs())
         self.scaling[name] = float(config.scaling)
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...config import check_rank
 from ...errors import ConfigError
 from ...layer import AdapterLayer
 from ...quantization import is_quantized
@@ -29,6 +30,7 @@ class LoraLinear(LowRankLayer):
 
     def add(self, name: str, config: LoraConfig, module_name: str) -> None:
         r, kw = config.rank_for(module_name), self.new_tensor_kwargs()
+        check_rank("r", r, self.in_features, self.out_features, module_name)
         self.lora_A[name] = nn.Linear(self.in_features, r, bias=False, **kw)  # (r, d_in)
         self.lora_B[name] = nn.Linear(r, self.out_features, bias=False, **kw)  # (d_out, r)
         self.add_path(name, config.lora_dropout, config.scaling_for(module_name))
@@ -128,6 +130,7 @@ class LoraEmbedding(AdapterLayer):
                 "init_lora_weights", f"pissa is for linear layers; {module_name} is an Embedding"
             )
         r, base, kw = config.rank_for(module_name), self.base, self.new_tensor_kwargs()
+        check_rank("r", r, base.num_embeddings, base.embedding_dim, module_name)
         self.lora_embedding_A[name] = nn.Parameter(torch.zeros(r, base.num_embeddings, **kw))  # (r, V)
         self.lora_embedding_B[name] = nn.Parameter(torch.randn(base.embedding_dim, r, **kw))  # (d, r)
         self.scaling[name] = config.scaling_for(module_name)
