@@ -1,4 +1,22 @@
-"""peftkit: parameter-efficient fine-tuning for PyTorch and Hugging Face transformers."""
+"""peftkit: parameter-efficient fine-tuning for PyTorch and Hugging Face transformers.
+
+Layers (each imports only those below it; ``tests/test_layering.py`` checks that, and that no module
+reaches itself through imports):
+
+* application: ``cli``, ``serve``, ``pipeline`` and ``run_config``, ``models`` (the model catalogue),
+  ``demo``, ``evaluation``, ``plotting``;
+* library, high: ``model`` (:class:`PeftModel`: adapters, the virtual-token stage, per-row routing),
+  ``decoding``, ``composition``, ``training``, ``data``, ``ensemble``, ``generation``;
+* library, methods: ``methods/<name>/{config,layer,method}.py``, registered by a decorator, sharing
+  ``methods/lowrank.py`` (LoRA, AdaLoRA, AdaPtLoRA), ``methods/parameter_delta.py`` and
+  ``methods/sparse_delta.py`` (full, BitFit, selection, diff pruning); ``virtual/`` (the stage and the
+  protocol every virtual-token method follows);
+* library, protocol: ``layer`` (:class:`AdapterLayer`, ``attach``), ``rows`` (routing, the mixed-batch
+  template), ``registry``, ``targeting``, ``slots``, ``modules_to_save``, ``quantization``,
+  ``checkpoint``;
+* leaves: ``config``, ``errors``, ``nn_types``, ``kv_cache``, ``signature``, ``positions``, ``names``,
+  ``figures``, ``io``.
+"""
 
 from . import methods  # noqa: F401  (registers every method)
 from .config import PeftConfig
