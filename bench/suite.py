@@ -4,6 +4,7 @@
     python bench/suite.py --quick         # smoke budget, well under 15 minutes; labelled "quick"
     python bench/suite.py --only lora,prompt --tasks sst2   # re-run those cells
     python bench/suite.py --jobs 2        # two cells at once, the cores split between them
+    python bench/suite.py --seeds 5       # every cell over seeds 0-4: mean ± sd (min) per row
 
 Quality: SST-2 on MiniLM-L6 (``examples/sst2_minilm_*.yaml``: the shared train file, held-out split
 eval_fraction 0.05 / seed 0, 8,000 training rows, 1,000 held out, one epoch of 32) and E2E on
@@ -148,7 +149,7 @@ def run_cells(
     env, report_lock = thread_env(jobs), threading.Lock()
 
     def one(cell: Cell) -> None:
-        name = f"{cell.task} {cell.method} {cell.impl}"
+        name = f"{cell.task} {cell.method} {cell.impl} seed {cell.seed}"
         print(f"{name} ...", flush=True)
         r = run_cell(cell, cells_dir, lock, env)
         shown = (
@@ -183,6 +184,13 @@ def main() -> None:
         "--jobs", type=int, default=1, help="cells at once, cores split between them, no lock (default 1)"
     )
     p.add_argument("--lock", default=LOCK, help="flock file each cell takes ('' for none)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="run every cell with train.seed 0..N-1 (data order, head and "
+        "adapter draws; same held-out split); the table pools them (default 1)",
+    )
     p.add_argument("--report-only", action="store_true", help="assemble the outputs from cached cells")
     p.add_argument("--cell", type=Path, help=argparse.SUPPRESS)  # internal: one cell in this process
     p.add_argument("--cell-out", type=Path, help=argparse.SUPPRESS)
@@ -198,8 +206,11 @@ def main() -> None:
     cells_dir.mkdir(parents=True, exist_ok=True)
     only = [m for m in args.only.split(",") if m]
     tasks = [t for t in args.tasks.split(",") if t]
-    every = all_cells(QUICK if args.quick else FULL)
+    if args.seeds < 1:
+        p.error(f"--seeds must be at least 1, got {args.seeds}")
+    every = all_cells(QUICK if args.quick else FULL, seeds=range(args.seeds))
     todo = [c for c in every if (not tasks or c.task in tasks) and (not only or c.method in only)]
+    todo.sort(key=lambda c: c.seed)  # every row's first seed before any row's second
     lock = None if args.jobs > 1 else args.lock or None  # a shared lock would run them one by one
     inf_path = out_dir / "inference.json"  # first: minutes, where the cells take hours
     if not args.report_only and not args.no_inference and (args.force or not inf_path.exists()):

@@ -87,6 +87,9 @@ QUICK = Budget(sst2_limit=192, sst2_eval_limit=128, e2e_steps=3, e2e_bleu_inputs
 
 @dataclass
 class Cell:
+    """One (task, method, implementation, seed). The seed is ``train.seed`` of the run: it sets the data
+    order and the new head's and the adapter's random draws; the held-out split stays the same."""
+
     task: str
     method: str
     impl: str  # "peftkit" | "peft"
@@ -94,10 +97,19 @@ class Cell:
     eval: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def seed(self) -> int:
+        return int(self.run.get("train", {}).get("seed", 0))
+
+    @property
     def key(self) -> str:
         spec = {"suite": SUITE_VERSION, **self.to_dict()}
         digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
         return f"{self.task}-{self.method}-{self.impl}-{digest}"
+
+    @property
+    def group(self) -> tuple[str, str, str]:
+        """What the seeds of a cell share: its row in the table."""
+        return self.task, self.method, self.impl
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -144,7 +156,13 @@ def adalora_schedule(adapter: dict[str, Any], fraction: float) -> dict[str, Any]
     return {**adapter, **scaled}
 
 
-def all_cells(budget: Budget, tasks: list[str] | None = None, methods: list[str] | None = None) -> list[Cell]:
+def all_cells(
+    budget: Budget,
+    tasks: list[str] | None = None,
+    methods: list[str] | None = None,
+    seeds: list[int] | tuple[int, ...] = (0,),
+) -> list[Cell]:
+    """Every cell of the suite, once per seed (seed 0 keeps the example's settings, and its cache key)."""
     cells = []
     for task, table in TASKS.items():
         if tasks and task not in tasks:
@@ -152,10 +170,13 @@ def all_cells(budget: Budget, tasks: list[str] | None = None, methods: list[str]
         for method in table:
             if methods and method not in methods:
                 continue
-            run, evaluation = run_settings(task, method, budget)
-            cells.append(Cell(task, method, "peftkit", run, evaluation))
-            if method in PEFT_HAS:
-                cells.append(Cell(task, method, "peft", run, evaluation))
+            for seed in seeds:
+                run, evaluation = run_settings(task, method, budget)
+                if seed:
+                    run["train"] = {**run["train"], "seed": seed}
+                cells.append(Cell(task, method, "peftkit", run, evaluation))
+                if method in PEFT_HAS:
+                    cells.append(Cell(task, method, "peft", run, evaluation))
     return cells
 
 
@@ -215,7 +236,8 @@ def load_tokenizer(run_cfg: Any) -> Any:
 
 def wrap(impl: str, method: str, base: Any, run_cfg: Any, spec: Any, total_steps: int) -> Any:
     """``base`` with the cell's adapter, by peftkit or by peft; a classification head trains in full."""
-    torch.manual_seed(0)  # the same adapter initialisation draw in both implementations
+    seed = getattr(getattr(run_cfg, "train", None), "seed", 0)
+    torch.manual_seed(seed)  # the same adapter initialisation draw in both implementations
     if impl == "peftkit":
         from peftkit import get_peft_model
         from peftkit.pipeline import _with_head

@@ -7,7 +7,9 @@ by the same runner (each cell in its own process) on the same machine.
 
 from __future__ import annotations
 
+import math
 import re
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +20,63 @@ README_END = "<!-- bench-suite:end -->"
 RATIO_FIELDS = ("trainable", "adapter_bytes", "step_ms_median", "peak_rss_mib", "tokens_per_s")
 
 
+STUCK_SHARE = 0.99  # a run whose most frequent prediction takes this share of the held-out set is stuck
+
+
 def rows(cells: list[Cell], results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per cell: its result (or status "not run") and its ratios to the matching peft cell."""
-    by_id = {(c.task, c.method, c.impl): results.get(c.key, {"status": "not run"}) for c in cells}
-    out = []
+    """One row per (task, method, implementation), its seeds pooled (see :func:`pooled`), with its
+    ratios to the matching peft row."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for c in cells:
-        res = by_id[(c.task, c.method, c.impl)]
-        ref = by_id.get((c.task, c.method, "peft"))
-        row = {"task": c.task, "method": c.method, "impl": c.impl, "key": c.key, **res}
-        if c.impl == "peftkit" and res.get("status") == "ok" and ref and ref.get("status") == "ok":
+        res = results.get(c.key, {"status": "not run"})
+        groups.setdefault(c.group, []).append({"seed": c.seed, "key": c.key, **res})
+    by_id = {g: pooled(runs) for g, runs in groups.items()}
+    out = []
+    for (task, method, impl), res in by_id.items():
+        ref = by_id.get((task, method, "peft"))
+        row = {"task": task, "method": method, "impl": impl, **res}
+        if impl == "peftkit" and res.get("status") == "ok" and ref and ref.get("status") == "ok":
             row["ratio_to_peft"] = {f: res[f] / ref[f] for f in RATIO_FIELDS if ref.get(f)}
         out.append(row)
     return out
+
+
+def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The seeds of one row: quality mean, sample sd and min over the finished seeds, the median of
+    each cost, and the seeds whose predictions stayed on one class (classification only)."""
+    ok = [r for r in runs if r.get("status") == "ok"]
+    base = {"key": runs[0]["key"], "seeds_total": len(runs), "seeds": len(ok)}
+    if not ok:
+        failed = next((r for r in runs if r.get("status") == "failed"), None)
+        return {**base, **(failed or {"status": "not run"}), "key": runs[0]["key"]}
+    quality = [r["quality"] for r in ok]
+    mean = statistics.fmean(quality)
+    return {
+        **base,
+        "status": "ok",
+        "quality": mean,
+        "quality_sd": statistics.stdev(quality) if len(quality) > 1 else 0.0,
+        "quality_min": min(quality),
+        "qualities": {r["seed"]: r["quality"] for r in ok},
+        "stuck_seeds": [r["seed"] for r in ok if _top_share(r) >= STUCK_SHARE],
+        **{f: statistics.median(r[f] for r in ok) for f in RATIO_FIELDS if all(f in r for r in ok)},
+    }
+
+
+def _top_share(run: dict[str, Any]) -> float:
+    return run.get("metrics", {}).get("eval_top_prediction_share", 0.0)
+
+
+def difference(row: dict[str, Any], ref: dict[str, Any] | None) -> str:
+    """peftkit's mean minus peft's, and whether it exceeds twice its standard error (Welch)."""
+    if not ref or row.get("status") != "ok" or ref.get("status") != "ok":
+        return ""
+    diff = row["quality"] - ref["quality"]
+    se = math.sqrt(row["quality_sd"] ** 2 / row["seeds"] + ref["quality_sd"] ** 2 / ref["seeds"])
+    if min(row["seeds"], ref["seeds"]) < 2:
+        return f"{diff:+.1f}"
+    verdict = "beyond spread" if abs(diff) > 2 * se else "within spread"
+    return f"{diff:+.1f} ({verdict}, 2 SE = {2 * se:.1f})"
 
 
 def _num(value: float | None, digits: int = 1) -> str:
@@ -44,43 +91,61 @@ def _ratio(row: dict[str, Any], field: str) -> str:
 def _quality(row: dict[str, Any] | None) -> str:
     if row is None:
         return "—"
-    if row["status"] == "ok":
+    if row["status"] != "ok":
+        return "not run" if row["status"] == "not run" else "failed"
+    if row["seeds_total"] == 1:
         return _num(row["quality"])
-    return "not run" if row["status"] == "not run" else "failed"
+    seeds = (
+        f"{row['seeds']}" if row["seeds"] == row["seeds_total"] else f"{row['seeds']} of {row['seeds_total']}"
+    )
+    return f"{row['quality']:.1f} ± {row['quality_sd']:.1f} (min {row['quality_min']:.1f}, {seeds} seeds)"
 
 
 def markdown(table_rows: list[dict[str, Any]], title: str) -> str:
-    """The results table: one line per (task, method), peft's quality beside peftkit's."""
+    """The results table: one line per (task, method), peft's quality beside peftkit's. With several
+    seeds, qualities read mean ± sd (min) and a column gives peftkit's mean minus peft's."""
+    seeded = any(r["seeds_total"] > 1 for r in table_rows)
+    extra = ("| peftkit - peft ", "---:|") if seeded else ("", "")
     lines = [
         title,
         "",
-        "| task | method | peftkit | peft | trainable (x peft) | saved KiB (x peft) "
+        f"| task | method | peftkit | peft {extra[0]}| trainable (x peft) | saved KiB (x peft) "
         "| step ms median (x peft) | tokens/s (x peft) | peak RSS MiB (x peft) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"|---|---|---:|---:|{extra[1]}---:|---:|---:|---:|---:|",
     ]
     index = {(r["task"], r["method"], r["impl"]): r for r in table_rows}
-    failures = []
+    failures, notes = [], []
     for r in table_rows:
         if r["impl"] != "peftkit":
             continue
         ref = index.get((r["task"], r["method"], "peft"))
-        cost = ["", "", "", "", ""]
-        if r["status"] == "ok":
-            cost = [
-                f"{r['trainable']:,}{_ratio(r, 'trainable')}",
-                f"{r['adapter_bytes'] / 1024:,.0f}{_ratio(r, 'adapter_bytes')}",
-                f"{r['step_ms_median']:,.0f}{_ratio(r, 'step_ms_median')}",
-                f"{r['tokens_per_s']:,.0f}{_ratio(r, 'tokens_per_s')}",
-                f"{r['peak_rss_mib']:,.0f}{_ratio(r, 'peak_rss_mib')}",
-            ]
+        quality = [_quality(r), _quality(ref)] + ([difference(r, ref)] if seeded else [])
         task = TASK_LABELS[r["task"]]
-        lines.append(
-            f"| {task} | {LABELS[r['method']]} | {_quality(r)} | {_quality(ref)} | " + " | ".join(cost) + " |"
-        )
+        lines.append(f"| {task} | {LABELS[r['method']]} | " + " | ".join(quality + _costs(r)) + " |")
         failures += [x for x in (r, ref) if x and x["status"] == "failed"]
-    for f in failures:
-        lines.append(f"\nfailed: {f['task']} {f['method']} {f['impl']}: {f['error']}")
+        notes += [_stuck(x) for x in (r, ref) if x and x.get("stuck_seeds")]
+    lines += [f"\nfailed: {f['task']} {f['method']} {f['impl']}: {f['error']}" for f in failures]
+    lines += [f"\n{n}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+def _costs(r: dict[str, Any]) -> list[str]:
+    if r["status"] != "ok":
+        return ["", "", "", "", ""]
+    return [
+        f"{r['trainable']:,}{_ratio(r, 'trainable')}",
+        f"{r['adapter_bytes'] / 1024:,.0f}{_ratio(r, 'adapter_bytes')}",
+        f"{r['step_ms_median']:,.0f}{_ratio(r, 'step_ms_median')}",
+        f"{r['tokens_per_s']:,.0f}{_ratio(r, 'tokens_per_s')}",
+        f"{r['peak_rss_mib']:,.0f}{_ratio(r, 'peak_rss_mib')}",
+    ]
+
+
+def _stuck(r: dict[str, Any]) -> str:
+    return (
+        f"stuck on one class: {r['task']} {r['method']} {r['impl']}, seed(s) {r['stuck_seeds']} "
+        f"(the most frequent prediction took >= {STUCK_SHARE:.0%} of the held-out set)"
+    )
 
 
 def inference_markdown(inf: dict[str, Any] | None) -> str:

@@ -138,3 +138,29 @@ def test_parallel_cells_split_the_cores(monkeypatch):
     env = suite.thread_env(2)
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "4" and "PATH" in env
     assert suite.thread_env(16)["OMP_NUM_THREADS"] == "1"
+
+
+def test_seeds_pool_into_mean_sd_min_and_flag_stuck_runs():
+    cells = suite_cells.all_cells(suite_cells.QUICK, tasks=["sst2"], methods=["lora"], seeds=range(3))
+    assert [(c.impl, c.seed) for c in cells] == [(i, s) for s in range(3) for i in ("peftkit", "peft")]
+    assert cells[0].key == suite_cells.all_cells(suite_cells.QUICK, tasks=["sst2"], methods=["lora"])[0].key
+    assert len({c.key for c in cells}) == 6 and cells[2].run["train"]["seed"] == 1
+    ours, theirs = [80.0, 84.0, 82.0], [70.0, 71.0, 72.0]
+    results = {}
+    for c in cells:
+        q = (ours if c.impl == "peftkit" else theirs)[c.seed]
+        share = 1.0 if (c.impl, c.seed) == ("peft", 2) else 0.6
+        results[c.key] = {**measured(q, 90.0), "metrics": {"eval_top_prediction_share": share}}
+    rows = suite_report.rows(cells, results)
+    lora = next(r for r in rows if r["impl"] == "peftkit")
+    assert lora["quality"] == pytest.approx(82.0) and lora["quality_sd"] == pytest.approx(2.0)
+    assert lora["quality_min"] == 80.0 and lora["seeds"] == 3 and lora["stuck_seeds"] == []
+    md = suite_report.markdown(rows, "title")
+    line = next(ln for ln in md.splitlines() if ln.startswith("| SST-2"))
+    assert "82.0 ± 2.0 (min 80.0, 3 seeds)" in line and "71.0 ± 1.0 (min 70.0, 3 seeds)" in line
+    assert "+11.0 (beyond spread" in line  # 2 SE = 2 * sqrt(4/3 + 1/3) = 2.6
+    assert "stuck on one class: sst2 lora peft, seed(s) [2]" in md
+    del results[cells[4].key]  # seed 2 of peftkit not run yet
+    partial = next(r for r in suite_report.rows(cells, results) if r["impl"] == "peftkit")
+    assert partial["seeds"] == 2 and partial["quality"] == pytest.approx(82.0)
+    assert "2 of 3 seeds" in suite_report.markdown(suite_report.rows(cells, results), "t")

@@ -521,7 +521,9 @@ def test_bad_types_are_named(llama_dir, qa, tmp_path):
     fails(peftkit_cli("train", "--config", cfg, "--data.columns", "text"), "train", "data.columns")
     fails(peftkit_cli("train", "--config", cfg, "--model.name", "5"), "train", "model.name: expected str")
     fails(
-        peftkit_cli("train", "--config", cfg, "--adapter.lora_dropout", "x"), "train", "adapter", "wrong type"
+        peftkit_cli("train", "--config", cfg, "--adapter.lora_dropout", "x"),
+        "train",
+        "adapter.lora_dropout: expected float",
     )
 
 

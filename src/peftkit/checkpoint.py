@@ -2,14 +2,20 @@
 
 A folder holds ``adapter_config.json`` and ``adapter_model.safetensors``; tensor keys are
 ``base_model.model.<module path>.<adapter tensor>`` with the adapter name stripped. peftkit adds
-a fingerprint of the base model (architecture and shapes of the targeted modules) to the
-safetensors metadata, which ``peft`` ignores, so an adapter loaded onto the wrong base fails
-loudly. Pickled ``adapter_model.bin`` files load only with ``allow_pickle=True``.
+a fingerprint of the base model to the safetensors metadata, which ``peft`` ignores, so an adapter
+loaded onto the wrong base fails loudly: the architecture, the shapes of the targeted modules, and a
+content digest of a few targeted weights (a base of the same shapes but other weights is caught too;
+``ignore_mismatch=True`` overrides). Adapters saved before the digests existed still load: only
+their shapes are checked, with a warning saying so. Pickled ``adapter_model.bin`` files load only
+with ``allow_pickle=True``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +40,56 @@ def base_weight_shape(module: nn.Module) -> list[int] | None:
     return list(weight.shape) if isinstance(weight, torch.Tensor) else None
 
 
+DIGEST_SAMPLES = 4096  # entries of a weight that its digest reads
+DIGESTED_MODULES = 4  # targeted weights digested per adapter
+
+
+def weight_digest(module: nn.Module) -> str | None:
+    """A cheap content hash of ``module.weight``: SHA-256 of up to 4096 evenly spaced entries rounded
+    to bfloat16 (the same weights loaded in float32 or bfloat16 agree). None for a module without a
+    plain weight: a 4-bit weight's bytes depend on its quantisation, not only on the model."""
+    weight = getattr(module, "weight", None)
+    if (
+        not isinstance(weight, torch.Tensor)
+        or weight.is_meta
+        or getattr(weight, "quant_state", None) is not None
+    ):
+        return None
+    flat = weight.detach().reshape(-1)
+    sample = flat[:: max(1, flat.numel() // DIGEST_SAMPLES)][:DIGEST_SAMPLES]
+    values = sample.to("cpu", torch.bfloat16).float().numpy()
+    return hashlib.sha256(values.tobytes()).hexdigest()[:16]
+
+
+def base_digest(module: nn.Module) -> str | None:
+    """The digest of the weight a module had before any adapter touched it: an adapter layer digests
+    its base when it wraps it (merging and PiSSA rewrite the weight later)."""
+    return module.base_digest if hasattr(module, "base_digest") else weight_digest(module)
+
+
+def _digested(model: nn.Module, targets: list[str]) -> list[str]:
+    """A few targets spread over the model, or the input embeddings for methods that target no module."""
+    paths = sorted(targets)
+    picked = paths[:: math.ceil(len(paths) / DIGESTED_MODULES)] if paths else []
+    get_input = getattr(model, "get_input_embeddings", None)
+    if not picked and callable(get_input) and get_input() is not None:
+        picked = [n for n, m in model.named_modules() if m is get_input()][:1]
+    return picked
+
+
 def fingerprint(model: nn.Module, targets: list[str]) -> dict[str, Any]:
-    """What an adapter needs its base to be: model type and the shapes of its targeted modules."""
+    """What an adapter needs its base to be: model type, the shapes of its targeted modules and the
+    content digests of a few of them."""
     config = getattr(model, "config", None)
+    digests = {p: base_digest(model.get_submodule(p)) for p in _digested(model, targets)}
     return {
         "model_type": getattr(config, "model_type", None) or type(model).__name__,
         "modules": {t: base_weight_shape(model.get_submodule(t)) for t in targets},
+        "digests": {p: d for p, d in digests.items() if d is not None},
     }
 
 
-def check_fingerprint(saved: dict[str, Any], model: nn.Module, where: str) -> None:
-    """Raise :class:`BaseModelMismatchError` naming the first differences."""
+def _shape_problems(saved: dict[str, Any], model: nn.Module) -> list[str]:
     current = getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__
     problems = []
     if saved.get("model_type") != current:
@@ -57,10 +102,39 @@ def check_fingerprint(saved: dict[str, Any], model: nn.Module, where: str) -> No
             continue
         if have != shape:
             problems.append(f"{path} has shape {have} here but {shape} when the adapter was trained")
+    return problems
+
+
+def _digest_problems(saved: dict[str, Any], model: nn.Module) -> list[str]:
+    problems = []
+    for path, digest in saved.get("digests", {}).items():
+        try:
+            have = base_digest(model.get_submodule(path))
+        except AttributeError:
+            continue  # reported by the shape check
+        if have is not None and have != digest:
+            problems.append(f"{path} holds other weights here (content digest {have}, {digest} when trained)")
+    return problems
+
+
+def check_fingerprint(
+    saved: dict[str, Any], model: nn.Module, where: str, ignore_mismatch: bool = False
+) -> None:
+    """Raise :class:`BaseModelMismatchError` naming the first differences (none with ``ignore_mismatch``)."""
+    if ignore_mismatch:
+        return
+    problems = _shape_problems(saved, model) or _digest_problems(saved, model)
     if problems:
         raise BaseModelMismatchError(
             f"adapter at {where} was trained on a different base model: {'; '.join(problems[:5])}"
-            f"{' ...' if len(problems) > 5 else ''}. Load it onto the base model it was trained on."
+            f"{' ...' if len(problems) > 5 else ''}. Load it onto the base model it was trained on; if you "
+            "know this base fits it, pass ignore_mismatch=True (CLI: --ignore-base-mismatch)."
+        )
+    if "digests" not in saved:
+        warnings.warn(
+            f"adapter at {where} was saved by an older peftkit without weight digests: only the base's "
+            "architecture and shapes were checked, not its weights",
+            stacklevel=3,
         )
 
 
@@ -81,9 +155,15 @@ def read_config(folder: str | Path) -> dict[str, Any]:
             f"no {CONFIG_NAME} in {folder}; is this an adapter folder saved by peftkit or peft?"
         )
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path} is not valid JSON ({err}); the file may be truncated") from err
+    if not isinstance(data, dict):
+        raise CheckpointError(
+            f"{path} must hold a JSON object of config fields, got a {type(data).__name__}; "
+            "is this file an adapter_config.json saved by peftkit or peft?"
+        )
+    return data
 
 
 def read_weights(

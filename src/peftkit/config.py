@@ -7,16 +7,95 @@ checked when it is built (``__post_init__``), so a bad value fails at once and n
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import re
+import types
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Union, get_args, get_origin, get_type_hints
 
 from .errors import ConfigError
 
-Targets = list[str] | str | None
+Targets = list[str] | set[str] | str | None  # a set (as peft keeps them) is read as a sorted list
+
+
+# ---- checks every config shares -------------------------------------------------------------------
+def fits(value: Any, hint: Any) -> bool:
+    """Whether ``value`` has the annotated type ``hint``: scalars exactly (a bool is not a number, an int
+    is a float), unions by any arm, the items of a ``list``/``set`` and the values of a ``dict`` too,
+    ``Any`` always."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, types.UnionType):
+        return any(fits(value, arg) for arg in args)
+    if origin in (list, set):  # a tuple reads as a list
+        return isinstance(value, (list, tuple) if origin is list else set) and all(
+            fits(v, args[0]) for v in value
+        )
+    if origin is dict:
+        return isinstance(value, dict) and all(fits(v, args[1]) for v in value.values())
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if hint in (int, float) and isinstance(value, bool):
+        return False
+    if hint is float:
+        return isinstance(value, (int, float))
+    return not isinstance(hint, type) or isinstance(value, hint)
+
+
+def type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def non_finite(value: Any, path: str = "") -> str | None:
+    """The path (``""``, ``[2]``, ``['q_proj']``) of the first NaN or infinite number in ``value``."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = non_finite(item, f"{path}[{key!r}]")
+        if found is not None:
+            return found
+    return None
+
+
+def check_finite(name: str, value: Any) -> None:
+    """NaN and infinity are never a setting: they train all-NaN adapters without a word."""
+    where = non_finite(value)
+    if where is not None:
+        raise ConfigError(f"{name}{where}", f"must be a finite number, got {value!r}")
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def check_fields(config: Any) -> None:
+    """The check every config dataclass runs first when built: each field holds a value of its annotated
+    type (``epochs="1"`` names ``epochs``, not a ``TypeError`` from deep inside) and no number anywhere
+    in it is NaN or infinite. Range checks stay with each config."""
+    hints = _field_types(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if not fits(value, hints[f.name]):
+            raise ConfigError(f.name, f"expected {type_name(hints[f.name])}, got {value!r}")
+        check_finite(f.name, value)
+
+
+def check_regex(name: str, pattern: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        raise ConfigError(name, f"{pattern!r} is not a valid regular expression ({err})") from err
 
 
 def _check_targets(name: str, value: Targets) -> Targets:
-    if value is None or isinstance(value, str):
+    if isinstance(value, str):
+        check_regex(name, value)
+        return value
+    if value is None:
         return value
     if isinstance(value, (list, tuple, set)) and all(isinstance(v, str) and v for v in value):
         return sorted(value) if isinstance(value, set) else list(value)
@@ -50,6 +129,7 @@ class PeftConfig:
     method: ClassVar[str] = ""  # set by @register_method
 
     def __post_init__(self) -> None:
+        check_fields(self)
         self.target_modules = _check_targets("target_modules", self.target_modules)
         self.exclude_modules = _check_targets("exclude_modules", self.exclude_modules)
         if isinstance(self.layers_to_transform, int):
@@ -96,9 +176,25 @@ def check_range(name: str, value: float, lo: float, hi: float, hi_inclusive: boo
         raise ConfigError(name, f"must be a number in [{lo}, {hi}{bracket}, got {value!r}")
 
 
+def check_positive(name: str, value: float) -> None:
+    """A number (its type already checked by :func:`check_fields`) above zero."""
+    if value <= 0:
+        raise ConfigError(name, f"must be a positive number, got {value!r}")
+
+
 def check_positive_int(name: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ConfigError(name, f"must be a positive integer, got {value!r}")
 
 
-__all__ = ["PeftConfig", "check_choice", "check_range", "check_positive_int", "field"]
+__all__ = [
+    "PeftConfig",
+    "check_choice",
+    "check_fields",
+    "check_finite",
+    "check_positive",
+    "check_positive_int",
+    "check_range",
+    "check_regex",
+    "field",
+]

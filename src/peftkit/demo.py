@@ -263,16 +263,72 @@ class DemoSettings:
     samples: int = 3
     dtype: str = "bfloat16"  # frozen base in bf16 (AMX/AVX-512 matmuls); the LoRA weights train in fp32
     show_progress: bool = True
+    overwrite: bool = False  # replace a run already in output_dir (otherwise that is an error)
+
+
+GENERATION_BATCH = 32
+MAX_NEW_TOKENS = 96
+
+
+class GenerationProgress:
+    """A progress bar on stderr while prompts are answered: prompts done (a row counts when it ends,
+    or when its batch does) and the decoding step of the running batch. Used as the decoding
+    streamer, it costs one small reduction per step."""
+
+    def __init__(self, total: int, desc: str, show: bool):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, unit="prompt", disable=not show, mininterval=1.0)
+        self.finished = 0  # rows of the running batch that have ended
+        self.step = 0
+
+    def __call__(self, tokens, finished) -> None:
+        self.step += 1
+        done = int(finished.sum())
+        if done != self.finished:
+            self.bar.update(done - self.finished)
+            self.finished = done
+        self.bar.set_postfix_str(f"token {self.step}/{MAX_NEW_TOKENS}", refresh=False)
+
+    def batch_done(self, size: int) -> None:
+        self.bar.update(size - self.finished)
+        self.finished = self.step = 0
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def answer(model, tok, prompts: list[str], desc: str, show: bool) -> list[str]:
+    """Greedy answers to ``prompts``, ``GENERATION_BATCH`` at a time, with a progress bar."""
+    from peftkit.generation import generate_texts
+
+    progress = GenerationProgress(len(prompts), desc, show)
+    answers: list[str] = []
+    for i in range(0, len(prompts), GENERATION_BATCH):
+        batch = prompts[i : i + GENERATION_BATCH]
+        answers += generate_texts(
+            model, tok, batch, max_new_tokens=MAX_NEW_TOKENS, batch_size=GENERATION_BATCH, streamer=progress
+        )
+        progress.batch_done(len(batch))
+    progress.close()
+    return answers
 
 
 def run_demo(s: DemoSettings) -> dict:
-    """Train, evaluate before/after on held-out examples, print the table, save adapter and plot."""
+    """Train, evaluate before/after on held-out examples, print the table, save adapter and plot.
+    ``output_dir`` is held for the whole job; another run there is refused unless ``overwrite``."""
+    from peftkit.training.run_folder import claim_run_folder
+
+    with claim_run_folder(s.output_dir, overwrite=s.overwrite, resumable=False):
+        return _run_demo(s)
+
+
+def _run_demo(s: DemoSettings) -> dict:
     import time
     from pathlib import Path
 
     import peftkit
     from peftkit.data import Collator, TaskSpec, encode, sft_prompt
-    from peftkit.generation import generate_texts
     from peftkit.io import atomic_write_json
     from peftkit.models import load_model
     from peftkit.training import TrainConfig, Trainer
@@ -286,7 +342,7 @@ def run_demo(s: DemoSettings) -> dict:
     encoded = encode(train, tok, spec)
     print(f"data: {encoded.stats.summary()}")
     prompts = [sft_prompt(tok, ex["prompt"], SYSTEM) for ex in held]
-    answers_before = generate_texts(model, tok, prompts, max_new_tokens=96, batch_size=32)
+    answers_before = answer(model, tok, prompts, "answers before training", s.show_progress)
     before = score(answers_before, held)
     print(f"before training: {before}")
 
@@ -314,7 +370,7 @@ def run_demo(s: DemoSettings) -> dict:
     result = Trainer(
         peft_model, encoded.examples, collate, cfg, out, eval_fn=eval_loss, show_progress=s.show_progress
     ).train()
-    answers_after = generate_texts(peft_model, tok, prompts, max_new_tokens=96, batch_size=32)
+    answers_after = answer(peft_model, tok, prompts, "answers after training", s.show_progress)
     after = score(answers_after, held)
     peft_model.save_pretrained(out / "adapter")
     plot = _plot(out)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .decoding import DecodingConfig, cut_at_stop_string, generate
+from .decoding.state import Streamer
 
 
 @contextmanager
@@ -35,10 +36,12 @@ def generate_texts(
     max_new_tokens: int = 64,
     batch_size: int = 16,
     add_special_tokens: bool | None = None,
+    streamer: Streamer | None = None,
     **options,
 ) -> list[str]:
     """Complete each rendered prompt; returns only the new text (special tokens removed, cut
-    before the first stop string). ``options`` are :class:`DecodingConfig` fields."""
+    before the first stop string). ``options`` are :class:`DecodingConfig` fields; ``streamer`` is
+    called after every decoding step of each batch (see :func:`peftkit.decoding.generate`)."""
     if add_special_tokens is None:  # a chat template writes its own special tokens
         add_special_tokens = not getattr(tokenizer, "chat_template", None)
     config = decoding_config(tokenizer, max_new_tokens, **options)
@@ -51,6 +54,8 @@ def generate_texts(
                 padding=True,
                 add_special_tokens=add_special_tokens,
             )
-            out = generate(model, enc["input_ids"], enc["attention_mask"], config, tokenizer=tokenizer)
+            out = generate(
+                model, enc["input_ids"], enc["attention_mask"], config, tokenizer=tokenizer, streamer=streamer
+            )
             texts += tokenizer.batch_decode(out.new_tokens, skip_special_tokens=True)
     return [cut_at_stop_string(t, config.stop_strings) for t in texts]

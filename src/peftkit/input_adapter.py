@@ -32,6 +32,7 @@ from torch import nn
 from .config import PeftConfig, check_positive_int
 from .errors import AdapterError, ConfigError, TargetError
 from .kv_cache import cache_argument, cache_key, filled_length, passed_cache
+from .layer import check_size
 from .registry import Method
 
 PEFT_KEY = "prompt_embeddings"  # peft's single tensor for every prompt-learning method
@@ -146,6 +147,21 @@ def check_shape(name: str, value: torch.Tensor, expected: tuple[int, ...]) -> No
         )
 
 
+def check_sizes(model: nn.Module, config: PromptLearningConfig) -> None:
+    """The sizes a config may give (a loaded adapter_config.json among them) fit the model, checked
+    before anything is allocated: the virtual tokens fit its context, the dimensions are at most its own."""
+    dims, name = model_dims(model), type(model).__name__
+    text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    positions = getattr(text, "max_position_embeddings", None)
+    if isinstance(positions, int):
+        why = f"its context holds max_position_embeddings = {positions} positions"
+        check_size("num_virtual_tokens", config.num_virtual_tokens, positions, name, why)
+    own = {"token_dim": dims.hidden, "num_layers": dims.layers, "num_attention_heads": dims.heads}
+    for field, limit in {**own, "num_transformer_submodules": 2}.items():
+        if getattr(config, field, None) is not None:  # a method without the field has nothing to check
+            check_size(field, getattr(config, field), limit, name, f"the model's own is {limit}")
+
+
 class InputMethod(Method):
     """A method that adds an :class:`InputAdapter` instead of wrapping layers."""
 
@@ -157,6 +173,7 @@ class InputMethod(Method):
     def input_adapter(
         self, model: nn.Module, config: PeftConfig, others: dict[str, nn.Module]
     ) -> InputAdapter:
+        check_sizes(model, config)
         return self.build(model, config, others)
 
     def build(self, model: nn.Module, config: PromptLearningConfig, shared=None) -> InputAdapter:

@@ -77,6 +77,15 @@ def parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader: no arbitrary objects
 
 
+def usual_modes(folder: Path) -> None:
+    """Give a finished folder the modes of one made by ``mkdir``/``open`` under the umask (e.g. 0755 /
+    0644): ``mkdtemp`` makes 0700, and libraries saving into it may write 0600 files."""
+    mask = _umask()
+    for item in [folder, *folder.rglob("*")]:
+        if not item.is_symlink():
+            item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling folder to fill; it becomes ``path`` only if the block succeeds.
@@ -88,6 +97,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield tmp
+        usual_modes(tmp)
         tmp.rename(path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -17,7 +17,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .errors import AdapterError
+from .checkpoint import weight_digest
+from .errors import AdapterError, ConfigError
 
 BASE_ROW = "__base__"  # row label in a mixed batch meaning "no adapter"
 
@@ -31,6 +32,7 @@ class AdapterLayer(nn.Module):
     def __init__(self, base_layer: nn.Module):
         super().__init__()
         setattr(self, self.base_attr, base_layer)
+        self.base_digest = weight_digest(base_layer)  # the weight as it was before merges and PiSSA
         self.active: list[str] = []
         self.merged: list[str] = []
         self.disabled = False
@@ -171,6 +173,21 @@ class AdapterLayer(nn.Module):
             idx = torch.tensor([i for i, r in enumerate(rows) if r == name], device=x.device)
             out.index_add_(0, idx, self.adapter_delta(name, x[idx], *args, **kwargs).to(out.dtype))
         return out
+
+
+def check_size(field: str, value: int, limit: int, module_name: str, why: str) -> None:
+    """A size read from a config (a rank, a width) must fit the module it adapts. Checked before anything
+    is allocated, so a corrupt or hostile adapter_config.json cannot ask for gigabytes."""
+    if value > limit:
+        raise ConfigError(field, f"{value} is too large for {module_name}: {why}, so at most {limit}")
+
+
+def check_rank(field: str, r: int, d_in: int, d_out: int, module_name: str) -> None:
+    """A low-rank factorisation ``B A`` of a ``d_out x d_in`` layer: ``rank(B A) <= min(d_in, d_out)``.
+    Up to twice that is accepted, as a PiSSA adapter is saved with rank ``2 r``."""
+    full = min(d_in, d_out)
+    why = f"rank(B A) <= min(d_in, d_out) = {full} (twice that is accepted: PiSSA saves rank 2r)"
+    check_size(field, r, 2 * full, module_name, why)
 
 
 def rows_for_batch(rows: list[str], batch: int) -> list[str]:

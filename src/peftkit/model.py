@@ -49,6 +49,7 @@ class PeftModel(nn.Module):
 
     def __init__(self, model: nn.Module, config: PeftConfig, adapter_name: str = "default"):
         super().__init__()
+        _check_unwrapped(model)
         self.base_model = model
         self.peft_config: dict[str, PeftConfig] = {}
         self.targets: dict[str, list[str]] = {}
@@ -57,10 +58,16 @@ class PeftModel(nn.Module):
         self.input_adapters = nn.ModuleDict()  # model-level adapters (virtual tokens), by adapter name
         self._inputs_disabled = False
         self._tasks: str | list[str] | None = None  # task-conditioned adapters (AdaPtLoRA): see task()
+        trainable = _trainable_flags(model)
         for p in model.parameters():
             p.requires_grad_(False)
-        self.add_adapter(adapter_name, config)
-        self.set_adapter(adapter_name)
+        try:
+            self.add_adapter(adapter_name, config)
+            self.set_adapter(adapter_name)
+        except BaseException:
+            _restore_flags(trainable)  # add_adapter took its own changes back
+            raise
+        model._peftkit_wrapped = True  # a second wrapper would overwrite this one's adapters
         self._expose_forward_signature()
 
     def _expose_forward_signature(self) -> None:
@@ -100,13 +107,28 @@ class PeftModel(nn.Module):
         return adapter_layers(self.base_model)
 
     def add_adapter(self, adapter_name: str, config: PeftConfig) -> None:
-        """Add an adapter (not made active: call :meth:`set_adapter`)."""
+        """Add an adapter (not made active: call :meth:`set_adapter`). All or nothing: when adding fails,
+        the model is left as it was."""
         if adapter_name in self.peft_config:
             raise AdapterError(
                 f"adapter {adapter_name!r} exists; delete_adapter() it first or choose another name"
             )
         if not adapter_name or adapter_name == BASE_ROW or "." in adapter_name:
             raise AdapterError(f"invalid adapter name {adapter_name!r}: use a non-empty name without dots")
+        merged = [path for path, layer in self.layers() if layer.merged]
+        if merged:
+            raise AdapterError(
+                f"adapters are merged into the base weights ({merged[0]}, ...); call unmerge_adapter() "
+                f"before adding adapter {adapter_name!r}"
+            )
+        try:
+            self._add(adapter_name, config)
+        except BaseException:
+            self._remove(adapter_name)
+            self.set_adapter(self.active_adapters)
+            raise
+
+    def _add(self, adapter_name: str, config: PeftConfig) -> None:
         method = get_method(config)
         targets = method.inject(self.base_model, config, adapter_name)
         input_adapter = method.input_adapter(self.base_model, config, dict(self.input_adapters))
@@ -137,6 +159,13 @@ class PeftModel(nn.Module):
 
     def delete_adapter(self, adapter_name: str) -> None:
         self._check_known([adapter_name])
+        self._remove(adapter_name)
+        remaining = [a for a in self.active_adapters if a != adapter_name]
+        self.set_adapter(remaining or list(self.peft_config)[:1])
+
+    def _remove(self, adapter_name: str) -> None:
+        """Take every trace of an adapter out of the model (also of one half added); a layer left with no
+        adapter gives its place back to the module it wrapped."""
         for path, layer in list(self.layers()):
             if adapter_name in layer.adapter_names():
                 layer.delete(adapter_name)
@@ -144,11 +173,10 @@ class PeftModel(nn.Module):
                 parent, attr = get_parent(self.base_model, path)
                 setattr(parent, attr, layer.base)
         for table in (self.peft_config, self.targets, self.extra_params):
-            del table[adapter_name]
+            table.pop(adapter_name, None)
         if adapter_name in self.input_adapters:
             del self.input_adapters[adapter_name]
-        remaining = [a for a in self.active_adapters if a != adapter_name]
-        self.set_adapter(remaining or list(self.peft_config)[:1])
+        self.active_adapters = [a for a in self.active_adapters if a != adapter_name]
 
     def _refresh_trainable(self) -> None:
         for p in [*self.base_model.parameters(), *self.input_adapters.parameters()]:
@@ -236,6 +264,7 @@ class PeftModel(nn.Module):
         for table in (self.peft_config, self.targets, self.extra_params, self.input_adapters):
             table.clear()
         self.active_adapters = []
+        self.base_model._peftkit_wrapped = False  # the bare base again: it may be wrapped anew
         return self.base_model
 
     def merge_and_unload(self) -> nn.Module:
@@ -421,12 +450,13 @@ class PeftModel(nn.Module):
         unknown = sorted(k for k in tensors if k not in params)
         if unknown:
             raise CheckpointError(f"checkpoint keys match nothing in this model: {unknown[:5]}")
+        for key, value in tensors.items():  # every tensor checked before any is written
+            if params[key].shape != value.shape:
+                raise CheckpointError(
+                    f"{key}: shape {tuple(value.shape)} in checkpoint, {tuple(params[key].shape)} here"
+                )
         with torch.no_grad():
             for key, value in tensors.items():
-                if params[key].shape != value.shape:
-                    raise CheckpointError(
-                        f"{key}: shape {tuple(value.shape)} in checkpoint, {tuple(params[key].shape)} here"
-                    )
                 params[key].copy_(value)
 
     def save_pretrained(
@@ -438,6 +468,11 @@ class PeftModel(nn.Module):
         ignored: only adapter tensors are saved, always as safetensors.
         """
         names = adapter_names or list(self.peft_config)
+        if not names:
+            raise AdapterError(
+                "nothing to save: this model holds no adapter (the last one was deleted, or unload() / "
+                "merge_and_unload() took them out); add or load one first"
+            )
         self._check_known(names)
         for name in names:
             folder = Path(save_directory) if name == "default" else Path(save_directory) / name
@@ -459,18 +494,34 @@ class PeftModel(nn.Module):
         adapter_name: str = "default",
         is_trainable: bool = False,
         allow_pickle: bool = False,
+        ignore_mismatch: bool = False,
     ) -> PeftModel:
-        """Load an adapter saved by peftkit or by ``peft`` onto ``model``."""
-        config, state = _read_adapter(model, path, is_trainable, allow_pickle)
+        """Load an adapter saved by peftkit or by ``peft`` onto ``model``.
+
+        An adapter saved by peftkit for another base (other architecture, shapes or weights) is refused
+        unless ``ignore_mismatch=True``. When loading fails, ``model`` is left unwrapped and unchanged.
+        """
+        config, state = _read_adapter(model, path, is_trainable, allow_pickle, ignore_mismatch)
+        trainable = _trainable_flags(model)
         peft_model = cls(model, config, adapter_name)
-        peft_model.load_adapter_state_dict(adapter_name, state)
+        try:
+            peft_model.load_adapter_state_dict(adapter_name, state)
+        except BaseException:
+            peft_model.unload()
+            _restore_flags(trainable)
+            raise
         return peft_model
 
     def load_adapter(
-        self, path: str | Path, adapter_name: str, is_trainable: bool = False, allow_pickle: bool = False
+        self,
+        path: str | Path,
+        adapter_name: str,
+        is_trainable: bool = False,
+        allow_pickle: bool = False,
+        ignore_mismatch: bool = False,
     ) -> None:
         """Load another saved adapter under ``adapter_name`` (not made active)."""
-        config, state = _read_adapter(self.base_model, path, is_trainable, allow_pickle)
+        config, state = _read_adapter(self.base_model, path, is_trainable, allow_pickle, ignore_mismatch)
         self.add_adapter(adapter_name, config)
         try:
             self.load_adapter_state_dict(adapter_name, state)
@@ -480,19 +531,54 @@ class PeftModel(nn.Module):
 
 
 def _read_adapter(
-    model: nn.Module, path: str | Path, is_trainable: bool, allow_pickle: bool
+    model: nn.Module, path: str | Path, is_trainable: bool, allow_pickle: bool, ignore_mismatch: bool = False
 ) -> tuple[PeftConfig, dict[str, torch.Tensor]]:
     data = ckpt.read_config(path)
     config = method_for_saved_config(data).config_from_dict(data)
     config.inference_mode = not is_trainable
     state, meta = ckpt.read_weights(path, allow_pickle)
     if "peftkit_fingerprint" in meta:
-        ckpt.check_fingerprint(json.loads(meta["peftkit_fingerprint"]), _unwrapped(model), str(path))
+        saved = _saved_fingerprint(meta["peftkit_fingerprint"], path)
+        ckpt.check_fingerprint(saved, _unwrapped(model), str(path), ignore_mismatch)
     return config, state
+
+
+def _saved_fingerprint(text: str, path: str | Path) -> dict[str, Any]:
+    try:
+        saved = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: the base-model fingerprint in the metadata is not JSON") from err
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path}: the base-model fingerprint in the metadata is not an object")
+    return saved
 
 
 def _unwrapped(model: nn.Module) -> nn.Module:
     return model.base_model if isinstance(model, PeftModel) else model
+
+
+def _check_unwrapped(model: nn.Module) -> None:
+    """A base already wrapped would have its adapters overwritten by a second wrapper: refused."""
+    if (
+        isinstance(model, PeftModel)
+        or getattr(model, "_peftkit_wrapped", False)
+        or any(adapter_layers(model))
+    ):
+        raise AdapterError(
+            "this model is already wrapped by a PeftModel; a second get_peft_model/from_pretrained on it "
+            "would overwrite that model's adapters. Add another adapter to the PeftModel with "
+            "add_adapter(name, config) or load_adapter(path, name), or call its unload() first to get "
+            "the bare base back"
+        )
+
+
+def _trainable_flags(model: nn.Module) -> list[tuple[nn.Parameter, bool]]:
+    return [(p, p.requires_grad) for p in model.parameters()]
+
+
+def _restore_flags(flags: list[tuple[nn.Parameter, bool]]) -> None:
+    for p, flag in flags:
+        p.requires_grad_(flag)
 
 
 def get_peft_model(model: nn.Module, config: PeftConfig, adapter_name: str = "default") -> PeftModel:

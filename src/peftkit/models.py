@@ -34,6 +34,7 @@ TASKS = {
     "seq2seq": "AutoModelForSeq2SeqLM",
     "masked-lm": "AutoModelForMaskedLM",
 }
+GENERATORS = ("causal-lm", "seq2seq")  # tasks whose head writes text: loaded only with trained weights
 _TRUE = {"1", "true", "yes", "on"}
 _OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 _HUB_IGNORE = ["*.onnx", "*.gguf", "*.h5", "*.msgpack", "*.ot", "*.tflite", "onnx/*", "openvino/*"]
@@ -119,7 +120,11 @@ def load_model(
     import transformers
 
     path = resolve_model_path(name_or_path)
-    model = getattr(transformers, TASKS[task]).from_pretrained(path, dtype=dtype, **kwargs)
+    model, info = getattr(transformers, TASKS[task]).from_pretrained(
+        path, dtype=dtype, output_loading_info=True, **kwargs
+    )
+    if task in GENERATORS:
+        _check_head(model, name_or_path, task, info.get("missing_keys") or [])
     if quantize:
         from .quantization import quantize_model
 
@@ -130,6 +135,20 @@ def load_model(
     if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def _check_head(model: Any, name: str, task: str, missing: list[str]) -> None:
+    """A generator whose checkpoint lacks weights would run them at random: an encoder-only model (BERT)
+    loaded as a causal LM gets a new, untrained LM head and writes noise. Refused."""
+    if not missing:
+        return
+    kind = ", ".join(getattr(model.config, "architectures", None) or [type(model).__name__])
+    raise ValueError(
+        f"model {name!r} ({kind}) has no trained weights for {len(missing)} tensors of a {task} model "
+        f"({', '.join(sorted(missing)[:3])}{', ...' if len(missing) > 3 else ''}): they would be random, so "
+        f"it cannot generate text. An encoder-only model such as BERT is no {task} model; use it for "
+        "classification (seq-cls), or give a generative model (e.g. smollm2-135m)"
+    )
 
 
 def _not_found(name: str, reason: str) -> str:

@@ -7,6 +7,9 @@ else is shared.
 from __future__ import annotations
 
 import random
+import sys
+import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,10 +19,14 @@ from torch import nn
 
 from .data import Collator, TaskSpec, encode, read_records
 from .data.cloze import cloze_logits, cloze_loss, verbalizer_token_ids
+from .errors import ConfigError
 from .evaluation import accuracy, macro_f1
 from .model import PeftModel, get_peft_model
-from .run_config import DataSection, RunConfig
+from .run_config import DataSection, RunConfig, build_run_config, load_yaml
 from .training import Trainer
+from .training.resume import resume_changes
+from .training.run_folder import claim_run_folder
+from .training.state import require_checkpoints
 
 HEAD_NAMES = ("classifier", "score")
 
@@ -234,26 +241,83 @@ def _per_task(preds: list[int], labels: list[int], tasks: list[str]) -> dict[str
 
 
 def _scores(preds: list[int], labels: list[int], loss: float) -> dict[str, float]:
+    """Accuracy and macro F1, and how much of the held-out set the most frequent prediction takes
+    (1.0: the model answers one class for everything, e.g. stuck at the majority label)."""
+    top = max(Counter(preds).values(), default=0)
     return {
         "eval_loss": loss,
         "eval_accuracy": accuracy(preds, labels),
         "eval_macro_f1": macro_f1(preds, labels),
+        "eval_top_prediction_share": top / max(len(preds), 1),
     }
 
 
 TASKS = {"classification": _classification, "cloze": _cloze, "sft": _lm, "seq2seq": _lm}
+# what each task's eval_fn reports (multi-task classification adds eval_accuracy_<task> per task);
+# eval_bleu and eval_exact_match come only from decoding (`peftkit eval --generate`), never while training
+EVAL_METRICS = {
+    "classification": ("eval_loss", "eval_accuracy", "eval_macro_f1", "eval_top_prediction_share"),
+    "cloze": ("eval_loss", "eval_accuracy", "eval_macro_f1", "eval_top_prediction_share"),
+    "sft": ("eval_loss", "eval_perplexity"),
+    "seq2seq": ("eval_loss", "eval_perplexity"),
+}
 
 
-def train_run(run: RunConfig, resume: bool = False, show_progress: bool = True) -> dict:
-    """Train, save the adapter, the run config, metrics.jsonl and the plot; return a summary."""
+def check_metric_for_best(run: RunConfig) -> None:
+    """``train.metric_for_best`` must be a metric this task's evaluation reports: checked before anything
+    loads, not after the last step with nothing saved."""
+    metric, task = run.train.metric_for_best, run.task
+    known = EVAL_METRICS[task.type]
+    per_task = task.type == "classification" and task.task_column and metric.startswith("eval_accuracy_")
+    if metric in known or per_task:
+        return
+    extra = " (plus eval_accuracy_<task> with task.task_column)" if task.type == "classification" else ""
+    raise ConfigError(
+        "train.metric_for_best",
+        f"{metric!r} is not reported by the evaluation of a {task.type} run, which reports {list(known)}"
+        f"{extra}; choose one of those",
+    )
+
+
+def train_run(
+    run: RunConfig, resume: bool = False, show_progress: bool = True, overwrite: bool = False
+) -> dict:
+    """Train, save the adapter, the run config, metrics.jsonl and the plot; return a summary.
+
+    The output folder is held for the whole run (see :mod:`peftkit.training.run_folder`): a fresh run
+    into a folder holding another run is refused unless ``overwrite``; ``resume`` continues the run
+    there, refusing a config that differs from its ``run.yaml`` except in fields safe to change.
+    """
+    check_metric_for_best(run)
     out = Path(run.output_dir)
-    p = prepare(run)
-    run = replace(run, task=p.spec)  # saved with its label set, so eval reads labels the same way
+    with claim_run_folder(out, resume=resume, overwrite=overwrite):
+        if resume:
+            require_checkpoints(out / "checkpoints")  # before anything is loaded or written
+        p = prepare(run)
+        run = replace(run, task=p.spec)  # saved with its label set, so eval reads labels the same way
+        if not p.eval and run.train.eval_every:
+            raise ValueError(
+                "train.eval_every is set but there is no held-out data (data.eval or data.eval_fraction)"
+            )
+        if resume:
+            _check_resume(out / "run.yaml", run)
+        run.save(out / "run.yaml")  # before training: a killed run can be resumed and checked
+        return _train_and_save(run, p, out, resume, show_progress)
+
+
+def _check_resume(saved_path: Path, run: RunConfig) -> None:
+    """Refuse a config that changes the run saved at ``saved_path``; report the safe changes."""
+    if not saved_path.is_file():
+        warnings.warn(f"--resume: no {saved_path} to compare this run's config with", stacklevel=2)
+        return
+    saved = build_run_config(load_yaml(saved_path)).to_dict()
+    accepted = resume_changes(saved, run.to_dict(), str(saved_path))
+    if accepted:
+        print(f"resume: accepted changes (recorded in {saved_path}): {'; '.join(accepted)}", file=sys.stderr)
+
+
+def _train_and_save(run: RunConfig, p: Prepared, out: Path, resume: bool, show_progress: bool) -> dict:
     print(p.model.parameter_report())
-    if not p.eval and run.train.eval_every:
-        raise ValueError(
-            "train.eval_every is set but there is no held-out data (data.eval or data.eval_fraction)"
-        )
     eval_fn = p.eval_fn if p.eval else None
     trainer = Trainer(
         p.model,
@@ -266,7 +330,6 @@ def train_run(run: RunConfig, resume: bool = False, show_progress: bool = True) 
         show_progress=show_progress,
     )
     result = trainer.train(resume=resume)
-    run.save(out / "run.yaml")
     p.model.save_pretrained(out / "adapter", adapter_names=["default"])  # not model.adapters' copies
     plot, figures = None, []
     try:

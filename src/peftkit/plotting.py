@@ -8,7 +8,6 @@ atomically (temporary file, then rename).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,19 +41,11 @@ def save_png(fig: Figure, out_png: str | Path) -> Path:
 
 
 def read_metrics(metrics_path: str | Path) -> list[dict[str, Any]]:
-    """Records of a ``metrics.jsonl`` (one JSON object per line, each with a ``step``)."""
-    records = []
-    for lineno, line in enumerate(Path(metrics_path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{metrics_path}:{lineno} is not valid JSON ({err})") from err
-        if not isinstance(record, dict) or "step" not in record:
-            raise ValueError(f"{metrics_path}:{lineno}: each line must be a JSON object with a 'step'")
-        records.append(record)
-    return records
+    """Records of a ``metrics.jsonl`` (one JSON object per line, each with a ``step``); a partial
+    last line (a run killed while writing it) is skipped with a warning."""
+    from .training.metrics import read_rows
+
+    return read_rows(Path(metrics_path))[0]
 
 
 def series(records: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:

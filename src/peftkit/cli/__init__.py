@@ -12,6 +12,7 @@ from . import generate as generate_cmd
 from . import inspect as inspect_cmd
 from . import inspect_fusion as inspect_fusion_cmd
 from . import merge as merge_cmd
+from . import serve as serve_cmd
 from . import train as train_cmd
 
 # expected failures (bad config/data/paths, missing packages): one clean line and exit code 2.
@@ -28,6 +29,7 @@ COMMANDS = {
     "inspect": inspect_cmd,
     "inspect-fusion": inspect_fusion_cmd,
     "compose": compose_cmd,
+    "serve": serve_cmd,
 }
 
 

@@ -16,6 +16,11 @@ def add_model_args(p: argparse.ArgumentParser, task_choices: bool = True) -> Non
     p.add_argument(
         "--allow-pickle", action="store_true", help="allow pickled adapter_model.bin (trusted sources only)"
     )
+    p.add_argument(
+        "--ignore-base-mismatch",
+        action="store_true",
+        help="load the adapter even if it was trained on another base (other weights or shapes)",
+    )
     if task_choices:
         p.add_argument(
             "--task",
@@ -30,8 +35,34 @@ def load_with_adapter(args: argparse.Namespace, task: str | None = None):
     from ..model import PeftModel
     from ..models import load_model
 
-    model, tok = load_model(args.model, task=task or args.task, quantize=getattr(args, "quantize", None))
+    task = task or args.task
+    kwargs = (
+        head_size(args.model, args.adapter, args.allow_pickle) if args.adapter and task == "seq-cls" else {}
+    )
+    model, tok = load_model(args.model, task=task, quantize=getattr(args, "quantize", None), **kwargs)
     if args.adapter:
-        model = PeftModel.from_pretrained(model, args.adapter, allow_pickle=args.allow_pickle)
+        model = PeftModel.from_pretrained(
+            model,
+            args.adapter,
+            allow_pickle=args.allow_pickle,
+            ignore_mismatch=getattr(args, "ignore_base_mismatch", False),
+        )
     model.eval()
     return model, tok
+
+
+def head_size(model_name: str, adapter: str, allow_pickle: bool) -> dict[str, int]:
+    """``{"num_labels": n}`` read from the classification head saved with an adapter (its
+    ``modules_to_save``): the head's output rows and bias have one entry per label, the only size there
+    other than the hidden size. Empty when the adapter saves no head."""
+    from transformers import AutoConfig
+
+    from .. import checkpoint as ckpt
+    from ..models import resolve_model_path
+
+    heads = ckpt.read_config(adapter).get("modules_to_save") or []
+    tensors, _ = ckpt.read_weights(adapter, allow_pickle)
+    hidden = getattr(AutoConfig.from_pretrained(resolve_model_path(model_name)), "hidden_size", None)
+    in_head = [t for key, t in tensors.items() if any(f".{h}." in f".{key}." for h in heads)]
+    sizes = {t.shape[0] for t in in_head if t.dim() and t.shape[0] != hidden}
+    return {"num_labels": sizes.pop()} if len(sizes) == 1 else {}

@@ -21,6 +21,11 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--examples", help="few-shot JSONL for LoRAHub's search (5 to 20 examples)")
     p.add_argument("--combination", default="linear", choices=["linear", "cat", "svd"], help="default linear")
     p.add_argument("--svd-rank", type=int, help="target rank of the svd combination")
+    p.add_argument(
+        "--ignore-base-mismatch",
+        action="store_true",
+        help="load the adapters even if they were trained on another base (other weights or shapes)",
+    )
     search = p.add_argument_group("LoRAHub search")
     search.add_argument("--budget", type=int, default=40, help="loss evaluations (default 40)")
     search.add_argument("--lower", type=float, default=-1.5, help="lower bound of each weight (default -1.5)")
@@ -46,9 +51,10 @@ def load_sources(args: argparse.Namespace):
 
     base, tok = load_model(args.model, task="causal-lm")
     names = [f"source_{i}" for i in range(len(args.adapters))]
-    model = PeftModel.from_pretrained(base, args.adapters[0], adapter_name=names[0])
+    ignore = args.ignore_base_mismatch
+    model = PeftModel.from_pretrained(base, args.adapters[0], adapter_name=names[0], ignore_mismatch=ignore)
     for name, path in zip(names[1:], args.adapters[1:]):
-        model.load_adapter(path, adapter_name=name)
+        model.load_adapter(path, adapter_name=name, ignore_mismatch=ignore)
     return model.eval(), tok, names
 
 

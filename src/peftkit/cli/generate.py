@@ -5,8 +5,10 @@ template unless --raw is given."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
+from ..errors import ConfigError
 from .common import add_model_args, load_with_adapter
 
 HELP = "generate text with a base model and an optional adapter (streamed)"
@@ -24,7 +26,12 @@ def add_parser(p: argparse.ArgumentParser) -> None:
         help="decoding strategy (default: beam if --num-beams > 1, contrastive if --penalty-alpha "
         "is given, sample if --temperature > 0, else greedy)",
     )
-    p.add_argument("--temperature", type=float, default=0.0, help="> 0 samples (default 0: greedy)")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        help="> 0 samples at this temperature; 0 means greedy decoding (default: greedy, or 1.0 with "
+        "--strategy sample)",
+    )
     p.add_argument(
         "--top-k", type=int, default=0, help="keep the k most likely tokens (0: off; contrastive: 4)"
     )
@@ -47,6 +54,22 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     )
 
 
+def check_temperature(args: argparse.Namespace) -> None:
+    """``--temperature`` is 0 (greedy) or a positive finite number (sampling); any other value, or one the
+    chosen strategy would ignore, is refused rather than silently replaced."""
+    t = args.temperature
+    if t is None:
+        return
+    if not math.isfinite(t) or t < 0:
+        raise ConfigError("--temperature", f"must be 0 (greedy) or a positive number (sampling), got {t}")
+    if t == 0 and args.strategy == "sample":
+        raise ConfigError("--temperature", "0 means greedy decoding; --strategy sample needs one > 0")
+    if t > 0 and args.strategy not in (None, "sample"):
+        raise ConfigError(
+            "--temperature", f"applies to sampling only; --strategy {args.strategy} would ignore it (drop it)"
+        )
+
+
 def strategy(args: argparse.Namespace) -> str:
     if args.strategy:
         return args.strategy
@@ -54,10 +77,11 @@ def strategy(args: argparse.Namespace) -> str:
         return "beam"
     if args.penalty_alpha is not None:
         return "contrastive"
-    return "sample" if args.temperature > 0 else "greedy"
+    return "sample" if args.temperature else "greedy"
 
 
 def decoding_options(args: argparse.Namespace) -> dict:
+    check_temperature(args)
     chosen = strategy(args)
     options = {
         "strategy": chosen,
@@ -71,7 +95,7 @@ def decoding_options(args: argparse.Namespace) -> dict:
         "top_k": args.top_k or (4 if chosen == "contrastive" else 0),
     }
     if chosen == "sample":
-        options["temperature"] = args.temperature or 1.0
+        options["temperature"] = args.temperature or 1.0  # not given: the model's own distribution
     if args.penalty_alpha is not None:
         options["penalty_alpha"] = args.penalty_alpha
     return options
@@ -88,12 +112,24 @@ def proxy_hook(args: argparse.Namespace, model):
     return load_proxy(model, args.proxy_expert, args.proxy_antiexpert, args.proxy_alpha, args.allow_pickle)
 
 
+def read_stdin_prompt() -> str:
+    """The prompt from standard input; at a terminal, first a hint on stderr instead of a silent wait."""
+    if sys.stdin.isatty():
+        print(
+            "peftkit generate: type the prompt, then press Ctrl-D on an empty line (or pass the prompt as "
+            'an argument: peftkit generate "...")',
+            file=sys.stderr,
+            flush=True,
+        )
+    return sys.stdin.read().rstrip("\n")  # echo's newline
+
+
 def run(args: argparse.Namespace) -> int:
     from ..data import sft_prompt
     from ..decoding import TextStreamer, cut_at_stop_string, generate
     from ..generation import decoding_config
 
-    prompt = args.prompt if args.prompt is not None else sys.stdin.read().rstrip("\n")  # echo's newline
+    prompt = args.prompt if args.prompt is not None else read_stdin_prompt()
     if not prompt.strip():
         raise ValueError("empty prompt: pass one as an argument or on standard input")
     model, tok = load_with_adapter(args, task="causal-lm")

@@ -16,7 +16,17 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config", help="run config YAML (sections: model, task, data, adapter, train, output_dir)"
     )
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in output_dir from its last readable checkpoint (the config must match "
+        "its run.yaml except fields safe to change: see the README)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in output_dir (its metrics, checkpoints, adapter and plots)",
+    )
     p.add_argument("--output-dir", dest="output_dir", help="where the adapter, metrics and plot go")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     demo = p.add_argument_group("built-in demo (used when no --config and no section flags are given)")
@@ -49,15 +59,20 @@ def run(args: argparse.Namespace) -> int:
 
     data = load_yaml(args.config) if args.config else {}
     config = build_run_config(apply_overrides(data, sets))
-    summary = train_run(config, resume=args.resume, show_progress=not args.quiet)
+    summary = train_run(config, resume=args.resume, show_progress=not args.quiet, overwrite=args.overwrite)
     print(json.dumps(summary, indent=2))
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
     from ..demo import DemoSettings, run_demo
+    from ..errors import ConfigError
 
-    settings = DemoSettings(show_progress=not args.quiet)
+    if args.resume:
+        raise ConfigError(
+            "--resume", "the built-in demo does not resume; run it again (with --overwrite to replace it)"
+        )
+    settings = DemoSettings(show_progress=not args.quiet, overwrite=args.overwrite)
     for field, value in (
         ("output_dir", args.output_dir),
         ("max_steps", args.demo_steps),

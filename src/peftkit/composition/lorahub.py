@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..config import check_choice, check_positive_int
+from ..config import check_choice, check_fields, check_positive_int
 from ..errors import ConfigError
 from .merge import COMBINATIONS, add_weighted_adapter, write_weighted
 
@@ -41,6 +41,7 @@ class LoraHubConfig:
     batch_size: int = 8
 
     def __post_init__(self) -> None:
+        check_fields(self)
         check_positive_int("budget", self.budget)
         check_positive_int("batch_size", self.batch_size)
         if not self.lower < 0 < self.upper:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import check_finite
 from ..errors import AdapterError, ConfigError
 from ..methods.lora import LoraConfig, LoraEmbedding, LoraLinear
 
@@ -87,6 +88,7 @@ def _check(model, adapters: list[str], weights: list[float], how: str, svd_rank:
         raise ConfigError("adapters", "name at least one adapter to merge")
     if len(weights) != len(adapters):
         raise ConfigError("weights", f"{len(weights)} weights for {len(adapters)} adapters: give one each")
+    check_finite("weights", list(weights))
     if how == "svd" and (not isinstance(svd_rank, int) or svd_rank <= 0):
         raise ConfigError("svd_rank", f"the svd combination needs a positive target rank, got {svd_rank!r}")
     model._check_known(adapters)

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..config import check_finite
 from ..decoding import ModelLogitsHook
 from ..errors import ConfigError
 from ..layer import BASE_ROW
@@ -76,6 +77,7 @@ def proxy_tuning_hook(
     """
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
         raise ConfigError("alpha", f"must be a number, got {alpha!r}")
+    check_finite("alpha", float(alpha))
     if antiexpert is not None:
         check_vocabularies(model, expert, antiexpert)
         return ModelLogitsHook([expert, antiexpert], proxy_combine(alpha))

@@ -20,12 +20,28 @@ class Row:
     dropped: str | None = None
 
 
+class Record(dict):
+    """A record read from a file: a plain dict that also knows where it came from (``where``, e.g.
+    ``"train.jsonl line 7"``), so an error found after shuffling and splitting names the file's line."""
+
+    __slots__ = ("where",)
+
+    def __init__(self, data: dict[str, Any], where: str):
+        super().__init__(data)
+        self.where = where
+
+
+def row_name(record: dict[str, Any], index: int) -> str:
+    """Where a record came from: its file and line when read from a file, else its index."""
+    return getattr(record, "where", None) or f"row {index}"
+
+
 def get_field(record: dict[str, Any], column: str, index: int) -> Any:
     """``record[column]``, or a :class:`DataError` naming the row, the column and the columns present."""
     value = record.get(column)
     if value is None:
         raise DataError(
-            f"row {index}: no value for column {column!r}; columns present: {sorted(record)}. "
+            f"{row_name(record, index)}: no value for column {column!r}; columns present: {sorted(record)}. "
             "Rename columns with read_records(columns={...}) or set the TaskSpec *_column field."
         )
     return value

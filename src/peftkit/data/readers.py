@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._common import Record
 from .errors import DataError
 
 FORMATS = ("jsonl", "csv", "tsv")
@@ -80,7 +81,7 @@ def read_records(
     if fmt == "jsonl":
         records, problems = _read_jsonl(path, columns, required)
     else:
-        records, problems = _collect(_read_delimited(path, fmt, columns, delimiter, required), required)
+        records, problems = _collect(_read_delimited(path, fmt, columns, delimiter, required), required, path)
     result = ReadResult(path, records, problems)
     _check_result(result, strict)
     return result
@@ -94,15 +95,18 @@ def _resolve_format(path: Path, format: str | None) -> str:
     return fmt
 
 
-def _collect(parsed: Iterable[Parsed], required: Sequence[str]) -> tuple[list[dict], list[Problem]]:
-    """Split parsed rows into good records and (line, reason) problems."""
+def _collect(
+    parsed: Iterable[Parsed], required: Sequence[str], path: Path
+) -> tuple[list[dict], list[Problem]]:
+    """Split parsed rows into good records (each a :class:`Record` knowing its line) and (line, reason)
+    problems."""
     records, problems = [], []
     for line, item in parsed:
         reason = item if isinstance(item, str) else _field_problem(item, required)
         if reason:
             problems.append((line, reason))
         else:
-            records.append(item)
+            records.append(Record(item, f"{path.name} line {line}"))
     return records, problems
 
 
@@ -144,7 +148,7 @@ def _read_jsonl(path: Path, columns: dict[str, str], required: Sequence[str]) ->
                 item = {columns.get(k, k): v for k, v in item.items()}
             yield line, item
 
-    records, problems = _collect(renamed(), required)
+    records, problems = _collect(renamed(), required, path)
     if seen:  # a column absent from every object is a naming problem, not a row problem
         _check_columns(path, sorted(seen), columns, required)
     return records, problems
@@ -241,7 +245,7 @@ def load_hub_dataset(name: str, split: str = "train", config_name: str | None = 
                 "Download the data while online, or pass a local jsonl/csv/tsv file to read_records()."
             ) from e
         raise
-    return [dict(row) for row in ds]
+    return [Record(row, f"{name} ({split}) row {i}") for i, row in enumerate(ds)]
 
 
 def _is_connection_error(exc: BaseException | None) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._common import Row, eos_id, get_field, token_ids
+from ._common import Row, eos_id, get_field, row_name, token_ids
 from .errors import DataError
 
 if TYPE_CHECKING:
@@ -77,18 +77,18 @@ def sft_row_encoder(tokenizer: Any, spec: TaskSpec) -> RowEncoder:
 def _prompt_and_response(record: dict[str, Any], spec: TaskSpec, i: int) -> tuple[Any, str] | str:
     """(prompt or chat-so-far, response text), or the reason the record is dropped."""
     if spec.messages_column:
-        return _split_chat(get_field(record, spec.messages_column, i), i)
+        return _split_chat(get_field(record, spec.messages_column, i), row_name(record, i))
     prompt = str(get_field(record, spec.prompt_column, i))
     response = str(get_field(record, spec.response_column, i))
     return (prompt, response) if response.strip() else "empty response"
 
 
-def _split_chat(messages: Any, i: int) -> tuple[list[Message], str] | str:
+def _split_chat(messages: Any, where: str) -> tuple[list[Message], str] | str:
     if not isinstance(messages, list) or not all(
         isinstance(m, dict) and {"role", "content"} <= set(m) for m in messages
     ):
         raise DataError(
-            f"row {i}: messages must be a list of {{'role', 'content'}} dicts, got {messages!r:.200}"
+            f"{where}: messages must be a list of {{'role', 'content'}} dicts, got {messages!r:.200}"
         )
     if not messages or messages[-1]["role"] != "assistant":
         return "chat does not end with an assistant message"

@@ -12,13 +12,15 @@ Four task types, each a function from one record to one example:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config import check_fields
 from ..errors import ConfigError
-from ._common import Example, Row, eos_id, get_field, token_ids
+from ._common import Example, Row, eos_id, get_field, row_name, token_ids
 from .errors import DataError
 from .readers import ReadResult
 
@@ -67,12 +69,15 @@ class TaskSpec:
     task_column: str | None = None
 
     def __post_init__(self) -> None:
+        check_fields(self)
         _check_choice("type", self.type, TASK_TYPES)
         _check_choice("model_kind", self.model_kind, MODEL_KINDS)
         if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 1:
             raise ConfigError("max_length", f"expected a positive int, got {self.max_length!r}")
         if self.labels is not None:
             self.labels = _check_labels(self.labels)
+            if self.type == "classification" and len(self.labels) < 2:
+                raise ConfigError("labels", f"a classifier needs at least two labels, got {self.labels!r}")
         if self.type == "cloze":
             self._check_cloze()
 
@@ -111,8 +116,14 @@ class TaskSpec:
         """
         if self.labels is not None or self.type != "classification":
             return self
-        labels = (get_field(r, self.label_column, i) for i, r in enumerate(records))
+        labels = (class_label(r, self.label_column, i) for i, r in enumerate(records))
         found = {str(label): label for label in labels}
+        if len(found) < 2:
+            raise DataError(
+                f"column {self.label_column!r} holds a single class {list(found.values())} in {len(records)} "
+                "rows: a classifier needs at least two (one label would train a 1-output regression head). "
+                "If the other classes are only missing from this data, list every class in task.labels"
+            )
         return dataclasses.replace(self, labels=sorted(found.values(), key=_natural_key))
 
     def required_columns(self) -> list[str]:
@@ -245,11 +256,23 @@ def label_index(spec: TaskSpec) -> dict[str, int]:
     return {str(label): i for i, label in enumerate(spec.label_list() or [])}
 
 
+def class_label(record: dict[str, Any], column: str, row: int) -> Any:
+    """``record``'s label: a string or a (finite) number. A NaN, list or mapping is no class, and turning
+    it into one with ``str()`` would train on a class that does not exist."""
+    label = get_field(record, column, row)
+    if isinstance(label, (str, int)) or (isinstance(label, float) and math.isfinite(label)):
+        return label
+    raise DataError(
+        f"{row_name(record, row)}: label {label!r} in column {column!r} is not a class label; labels are "
+        "strings or numbers. Fix or drop that row"
+    )
+
+
 def lookup_label(index: dict[str, int], record: dict[str, Any], spec: TaskSpec, row: int) -> int:
     """The index of ``record``'s label, or a :class:`DataError` naming the row and the allowed labels."""
-    label = get_field(record, spec.label_column, row)
+    label = class_label(record, spec.label_column, row)
     if str(label) not in index:
-        raise DataError(f"row {row}: label {label!r} is not one of {spec.label_list()}")
+        raise DataError(f"{row_name(record, row)}: label {label!r} is not one of {spec.label_list()}")
     return index[str(label)]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from ..config import check_choice
+from ..config import check_choice, check_fields
 from ..errors import ConfigError
 
 STRATEGIES = ("greedy", "sample", "beam", "contrastive")
@@ -55,10 +55,11 @@ class DecodingConfig:
     no_repeat_ngram_size: int = 0
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
-    stop_strings: list[str] = field(default_factory=list)
+    stop_strings: list[str] | str = field(default_factory=list)  # one string is read as a list
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        check_fields(self)
         check_choice("strategy", self.strategy, STRATEGIES)
         self._check_counts()
         self._check_floats()

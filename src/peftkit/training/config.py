@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from ..config import check_choice, check_positive_int, check_range
+from ..config import check_choice, check_fields, check_positive, check_positive_int, check_range
 from ..errors import ConfigError
 
 SCHEDULES = ("linear", "cosine", "constant")
@@ -56,8 +56,8 @@ class TrainConfig:
     log_every: int = 10
 
     def __post_init__(self) -> None:
-        if not isinstance(self.lr, (int, float)) or self.lr <= 0:
-            raise ConfigError("lr", f"must be a positive number, got {self.lr!r}")
+        check_fields(self)
+        check_positive("lr", self.lr)
         if self.epochs <= 0 and self.max_steps <= 0:
             raise ConfigError("epochs", "set epochs > 0 or max_steps > 0")
         check_positive_int("batch_size", self.batch_size)
@@ -73,7 +73,7 @@ class TrainConfig:
             "seed",
         ):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
+            if value < 0:
                 raise ConfigError(name, f"must be a non-negative integer, got {value!r}")
         check_positive_int("keep_checkpoints", self.keep_checkpoints)
         check_positive_int("log_every", self.log_every)

@@ -1,15 +1,18 @@
 """A compact training loop: AdamW, warm-up + decay, accumulation, clipping, bf16 autocast,
 gradient checkpointing, periodic evaluation, early stopping, exact resume and a metrics log.
 
-Data order is a function of (seed, epoch) and every RNG is checkpointed, so a run killed at any
-point and resumed from its last checkpoint ends with bit-identical weights (fp32, CPU).
+Data order is a function of (seed, epoch) and every RNG, optimizer and scheduler state and the
+model's buffers (a method's own state) are checkpointed, so a run killed at any point and resumed
+from its last readable checkpoint ends with bit-identical weights (fp32, CPU). A run holds its output
+folder (:mod:`.run_folder`); resume refuses a changed config except the fields :mod:`.resume` lists
+as safe; metrics are appended whole (:mod:`.metrics`), checkpoints written atomically (:mod:`.state`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +21,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import ConfigError
+from . import metrics
 from . import state as ckpt
 from .config import TrainConfig
+from .resume import examples_digest, resume_changes
+from .run_folder import claim_run_folder
 from .schedule import make_scheduler
 
 LossFn = Callable[[nn.Module, dict], torch.Tensor]
@@ -73,6 +80,8 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, self.total, warmup, config.schedule)
         self.best: dict | None = None
         self.bad_evals = 0
+        self.rows_written = 0  # rows in metrics.jsonl, saved with each checkpoint
+        self._data_digest: str | None = None
 
     # ---- data order ----------------------------------------------------------------------------
     def _micro_batches(self, step: int) -> list[list[dict]]:
@@ -105,15 +114,20 @@ class Trainer:
         return total_loss, tokens
 
     # ---- loop --------------------------------------------------------------------------------------
-    def train(self, resume: bool = False) -> TrainResult:
-        self.out.mkdir(parents=True, exist_ok=True)
+    def train(self, resume: bool = False, overwrite: bool = False) -> TrainResult:
+        """Train from step 0, or from the last readable checkpoint (``resume``). A fresh run into a
+        folder that holds another run is refused unless ``overwrite`` (see :mod:`.run_folder`)."""
+        with claim_run_folder(self.out, resume=resume, overwrite=overwrite):
+            return self._train(resume)
+
+    def _train(self, resume: bool) -> TrainResult:
         torch.manual_seed(self.cfg.seed)
-        step = self._resume() if resume else 0
-        if not resume:
-            (self.out / "metrics.jsonl").write_text("")
+        saved = self._resume() if resume else None
+        step = saved["step"] if saved else 0
         if self.cfg.gradient_checkpointing:
             _enable_checkpointing(self.model)
         _before_training(self.model, self.total)
+        self._start_metrics(saved)
         start, stopped = time.perf_counter(), False
         window: list[tuple[float, int]] = []
         window_start = time.perf_counter()
@@ -168,17 +182,35 @@ class Trainer:
         return bool(self.cfg.early_stopping_patience) and self.bad_evals >= self.cfg.early_stopping_patience
 
     # ---- persistence ---------------------------------------------------------------------------------
+    @property
+    def metrics_path(self) -> Path:
+        return self.out / "metrics.jsonl"
+
     def _append(self, row: dict) -> None:
-        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        metrics.append_row(self.metrics_path, row)
+        self.rows_written += 1
 
     def history(self) -> list[dict]:
-        path = self.out / "metrics.jsonl"
-        return (
-            [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            if path.exists()
-            else []
-        )
+        return metrics.read_rows(self.metrics_path)[0]
+
+    def _start_metrics(self, saved: dict | None) -> None:
+        """A fresh run starts an empty log; a resumed one keeps exactly the rows written before its
+        checkpoint (later rows are logged again), as a new file renamed over the old one."""
+        if saved is None:
+            metrics.write_rows(self.metrics_path, [])
+            self.rows_written = 0
+            return
+        rows, partial = metrics.read_rows(self.metrics_path)
+        keep = saved.get("metrics_rows")
+        kept = rows[:keep] if keep is not None else [r for r in rows if r["step"] <= saved["step"]]
+        if keep is not None and len(rows) < keep:
+            warnings.warn(
+                f"{self.metrics_path} has {len(rows)} rows, the checkpoint was written after {keep}",
+                stacklevel=2,
+            )
+        if partial or len(kept) != len(rows):
+            metrics.write_rows(self.metrics_path, kept)
+        self.rows_written = len(kept)
 
     def _save(self, step: int) -> None:
         extra = {
@@ -187,25 +219,53 @@ class Trainer:
             "best": self.best,
             "bad_evals": self.bad_evals,
             "total": self.total,
+            "config": self.cfg.to_dict(),
+            "data": self.data_digest,
+            "metrics_rows": self.rows_written,
         }
         ckpt.save_checkpoint(self.out / "checkpoints", step, self.model, extra, self.cfg.keep_checkpoints)
 
-    def _resume(self) -> int:
-        found = ckpt.complete_checkpoints(self.out / "checkpoints")
-        if not found:
-            raise FileNotFoundError(f"--resume: no complete checkpoint under {self.out / 'checkpoints'}")
-        saved = ckpt.load_checkpoint(found[-1], self.model)
-        if saved["total"] != self.total:
-            raise ValueError(
-                f"checkpoint was for {saved['total']} steps, this run has {self.total}; "
-                "resume with the same data, batch size and schedule"
-            )
+    @property
+    def data_digest(self) -> str:
+        if self._data_digest is None:
+            self._data_digest = examples_digest(self.examples)
+        return self._data_digest
+
+    def _resume(self) -> dict:
+        """Restore the newest readable checkpoint after checking that this run may continue it."""
+        checkpoint = ckpt.read_latest(self.out / "checkpoints")
+        self._check_resumable(checkpoint)
+        saved = ckpt.apply_checkpoint(checkpoint, self.model)
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.best, self.bad_evals = saved["best"], saved["bad_evals"]
-        rows = [r for r in self.history() if r["step"] <= saved["step"]]  # drop what was logged after it
-        (self.out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        return saved["step"]
+        return saved
+
+    def _check_resumable(self, checkpoint: ckpt.Checkpoint) -> None:
+        saved, where = checkpoint.state, f"checkpoint {checkpoint.path}"
+        if "config" in saved:  # written by peftkit >= the version that checks it
+            resume_changes({"train": saved["config"]}, {"train": self.cfg.to_dict()}, where)
+        if saved.get("data", self.data_digest) != self.data_digest:
+            raise ConfigError(
+                "--resume",
+                f"the training examples differ from those of {where} (a changed data file, data.limit, "
+                "tokenizer or task.max_length); resume with the same data",
+            )
+        if saved["total"] != self.total and not _length_free(self.cfg):
+            raise ConfigError(
+                "--resume",
+                f"{where} was for {saved['total']} steps, this run has {self.total}; resume with the "
+                "same data, batch size and schedule",
+            )
+        if saved["step"] > self.total:
+            raise ConfigError(
+                "--resume", f"{where} is at step {saved['step']}, past this run's {self.total} steps"
+            )
+
+
+def _length_free(cfg: TrainConfig) -> bool:
+    """Whether the learning-rate schedule is the same whatever the run's length."""
+    return cfg.schedule == "constant" and not cfg.warmup_ratio
 
 
 def _regularizer(model: nn.Module) -> torch.Tensor | float:

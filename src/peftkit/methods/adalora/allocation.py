@@ -75,7 +75,7 @@ def allocate(model: nn.Module, config: AdaLoraConfig, name: str, step: int) -> N
     size, due = budget.at(t)
     if due:
         _mask_to_budget(layers, name, size)
-        config.rank_pattern = {f"{p}.lora_E": la.rank_mask[name].tolist() for p, la in layers}
+        config.rank_pattern = _pattern(layers, name)
         if t == end:
             for _, layer in layers:
                 layer.reset_importance(name)
@@ -96,7 +96,28 @@ def _mask_to_budget(layers: list[tuple[str, AdaLoraLinear]], name: str, budget: 
         threshold = torch.kthvalue(every, drop).values
         keep = [s > threshold for s in scores]
     for (_, layer), mask in zip(layers, keep):
-        layer.rank_mask[name] = mask
+        layer.rank_mask(name).copy_(mask)
+
+
+def _pattern(layers: list[tuple[str, AdaLoraLinear]], name: str) -> dict[str, list[bool]]:
+    return {f"{p}.lora_E": la.rank_mask(name).tolist() for p, la in layers}
+
+
+def start_schedule(model: nn.Module, config: AdaLoraConfig, name: str, length: int) -> None:
+    """Record the budget schedule's length in the layers' buffers when training starts. A run that
+    resumes from a checkpoint finds the saved length there: another length is an error (the budget
+    would follow another curve), and ``config.rank_pattern`` is restored from the saved masks."""
+    layers = adalora_layers(model, name)
+    started = {int(la.allocation[name].total_step) for _, la in layers} - {0}
+    if started and started != {length}:
+        raise AdapterError(
+            f"adalora adapter {name!r}: its budget schedule runs over {sorted(started)[0]} steps (restored "
+            f"from the checkpoint), this run takes {length}; resume with the same number of steps"
+        )
+    for _, layer in layers:
+        layer.allocation[name].total_step.fill_(length)
+    if not all(bool(la.rank_mask(name).all()) for _, la in layers):
+        config.rank_pattern = _pattern(layers, name)
 
 
 def orthogonal_penalty(model: nn.Module, name: str) -> torch.Tensor | None:

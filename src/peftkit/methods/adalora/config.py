@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...config import PeftConfig, check_positive_int, check_range
+from ...config import PeftConfig, check_positive, check_positive_int, check_range
 from ...errors import ConfigError
 
 
@@ -48,17 +48,16 @@ class AdaLoraConfig(PeftConfig):
         check_positive_int("target_r", self.target_r)
         if self.target_r > self.init_r:
             raise ConfigError("target_r", f"must be <= init_r ({self.init_r}), got {self.target_r}")
-        if not isinstance(self.lora_alpha, (int, float)) or self.lora_alpha <= 0:
-            raise ConfigError("lora_alpha", f"must be a positive number, got {self.lora_alpha!r}")
+        check_positive("lora_alpha", self.lora_alpha)
         check_range("lora_dropout", self.lora_dropout, 0.0, 1.0)
         for name in ("tinit", "tfinal"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            if value < 0:
                 raise ConfigError(name, f"must be a non-negative integer, got {value!r}")
         check_positive_int("deltaT", self.deltaT)
         check_range("beta1", self.beta1, 0.0, 1.0)
         check_range("beta2", self.beta2, 0.0, 1.0)
-        if not isinstance(self.orth_reg_weight, (int, float)) or self.orth_reg_weight < 0:
+        if self.orth_reg_weight < 0:
             raise ConfigError("orth_reg_weight", f"must be a number >= 0, got {self.orth_reg_weight!r}")
         if self.total_step is not None:
             self.check_schedule(self.total_step)

@@ -9,42 +9,64 @@ allocation, so a rank can come back. Saving keeps only unmasked triplets (exact:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from torch import nn
 
-from ...layer import AdapterLayer
+from ...layer import AdapterLayer, check_rank
 from ..lora.layer import adapter_dtype, linear_dims
 from .config import AdaLoraConfig
 
 EPS = 1e-5  # peft divides by (ranknum + 1e-5); kept for identical outputs
 
 
-@dataclass
-class Importance:
-    """Smoothed sensitivity ``I_bar`` and uncertainty ``U_bar`` of each element of P, lambda and Q."""
+class AllocationState(nn.Module):
+    """One adapter's allocation state in one layer, all of it buffers, so ``state_dict``,
+    ``delete_adapter`` and the trainer's checkpoints carry it (a resumed run continues exactly):
 
-    sensitivity: dict[str, torch.Tensor] = field(default_factory=dict)
-    uncertainty: dict[str, torch.Tensor] = field(default_factory=dict)
+    - ``rank_mask (r,)``: the triplets the budget keeps;
+    - ``sensitivity_<k>`` / ``uncertainty_<k>``: the smoothed sensitivity ``I_bar`` and uncertainty
+      ``U_bar`` of each element of P (``B``), lambda (``E``) and Q (``A``) (eq. 8-9), ``seen`` which
+      of them got a gradient yet;
+    - ``total_step ()``: the length of the budget schedule once training started (0: not yet).
+    """
 
+    KEYS = ("A", "E", "B")
+
+    def __init__(self, shapes: dict[str, torch.Size], device: torch.device, dtype: torch.dtype):
+        super().__init__()
+        r = shapes["E"][0]
+        self.register_buffer("rank_mask", torch.ones(r, dtype=torch.bool, device=device))
+        self.register_buffer("seen", torch.zeros(len(self.KEYS), dtype=torch.bool, device=device))
+        self.register_buffer("total_step", torch.zeros((), dtype=torch.int64, device=device))
+        for key in self.KEYS:
+            self.register_buffer(f"sensitivity_{key}", torch.zeros(shapes[key], dtype=dtype, device=device))
+            self.register_buffer(f"uncertainty_{key}", torch.zeros(shapes[key], dtype=dtype, device=device))
+
+    @torch.no_grad()
     def update(self, tensors: dict[str, nn.Parameter], beta1: float, beta2: float) -> None:
         """Eq. 8-9: ``I_bar <- b1 I_bar + (1 - b1) I``; ``U_bar <- b2 U_bar + (1 - b2) |I - I_bar|``."""
-        for key, p in tensors.items():
+        for i, key in enumerate(self.KEYS):
+            p = tensors[key]
             if p.grad is None:
                 continue
             ipt = (p.detach() * p.grad).abs()
-            sens = self.sensitivity.get(key, torch.zeros_like(ipt))
-            unc = self.uncertainty.get(key, torch.zeros_like(ipt))
-            sens = beta1 * sens + (1 - beta1) * ipt
-            self.sensitivity[key] = sens
-            self.uncertainty[key] = beta2 * unc + (1 - beta2) * (ipt - sens).abs()
+            sens, unc = getattr(self, f"sensitivity_{key}"), getattr(self, f"uncertainty_{key}")
+            sens.copy_(beta1 * sens + (1 - beta1) * ipt)
+            unc.copy_(beta2 * unc + (1 - beta2) * (ipt - sens).abs())
+            self.seen[i] = True
 
     def score(self, key: str) -> torch.Tensor | None:
-        """``s = I_bar * U_bar`` elementwise (eq. 10)."""
-        if key not in self.sensitivity:
+        """``s = I_bar * U_bar`` elementwise (eq. 10), or None before the first gradient."""
+        if not bool(self.seen[self.KEYS.index(key)]):
             return None
-        return self.sensitivity[key] * self.uncertainty[key]
+        return getattr(self, f"sensitivity_{key}") * getattr(self, f"uncertainty_{key}")
+
+    @torch.no_grad()
+    def reset_importance(self) -> None:
+        for key in self.KEYS:
+            getattr(self, f"sensitivity_{key}").zero_()
+            getattr(self, f"uncertainty_{key}").zero_()
+        self.seen.zero_()
 
 
 class AdaLoraLinear(AdapterLayer):
@@ -59,12 +81,12 @@ class AdaLoraLinear(AdapterLayer):
         self.lora_A, self.lora_B, self.lora_E = nn.ParameterDict(), nn.ParameterDict(), nn.ParameterDict()
         self.lora_dropout = nn.ModuleDict()
         self.scaling: dict[str, float] = {}
-        self.rank_mask: dict[str, torch.Tensor] = {}  # (r,) bool: triplets the budget keeps
-        self.importance: dict[str, Importance] = {}
+        self.allocation = nn.ModuleDict()  # adapter name -> AllocationState (buffers)
 
     def add(self, name: str, config: AdaLoraConfig, module_name: str) -> None:
         kept = config.kept_for(module_name)
         r = sum(kept) if kept is not None else config.init_r
+        check_rank("init_r", config.init_r, self.in_features, self.out_features, module_name)
         kw = {"device": self.base.weight.device, "dtype": adapter_dtype(self.base)}
         self.lora_A[name] = nn.Parameter(torch.randn(r, self.in_features, **kw) * 0.02)  # Q: (r, d_in)
         self.lora_E[name] = nn.Parameter(torch.zeros(r, 1, **kw))  # lambda: (r, 1), zero: identity at init
@@ -72,8 +94,8 @@ class AdaLoraLinear(AdapterLayer):
         p = config.lora_dropout
         self.lora_dropout[name] = nn.Dropout(p) if p > 0 else nn.Identity()
         self.scaling[name] = config.lora_alpha / (config.init_r + EPS)  # peft: alpha / (ranknum + 1e-5)
-        self.rank_mask[name] = torch.ones(r, dtype=torch.bool, device=kw["device"])
-        self.importance[name] = Importance()
+        shapes = {"A": self.lora_A[name].shape, "E": self.lora_E[name].shape, "B": self.lora_B[name].shape}
+        self.allocation[name] = AllocationState(shapes, **kw)
 
     # ---- maths -----------------------------------------------------------------------------------
     def adapter_delta(self, name: str, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -96,12 +118,12 @@ class AdaLoraLinear(AdapterLayer):
     # ---- allocation ------------------------------------------------------------------------------
     def update_importance(self, name: str, beta1: float, beta2: float) -> None:
         tensors = {"A": self.lora_A[name], "E": self.lora_E[name], "B": self.lora_B[name]}
-        self.importance[name].update(tensors, beta1, beta2)
+        self.allocation[name].update(tensors, beta1, beta2)
 
     def triplet_scores(self, name: str) -> torch.Tensor | None:
         """``(r,)``: ``S_i = s(lambda_i) + mean_j s(Q_ij) + mean_k s(P_ki)`` (eq. 7), or None before
         any gradient was seen."""
-        imp = self.importance[name]
+        imp = self.allocation[name]
         s_e, s_a, s_b = imp.score("E"), imp.score("A"), imp.score("B")
         if s_e is None or s_a is None or s_b is None:
             return None
@@ -110,21 +132,25 @@ class AdaLoraLinear(AdapterLayer):
     @torch.no_grad()
     def apply_mask(self, name: str) -> None:
         """Zero the singular values of masked triplets (they stay, and can be unmasked later)."""
-        self.lora_E[name].masked_fill_(~self.rank_mask[name][:, None], 0.0)
+        self.lora_E[name].masked_fill_(~self.rank_mask(name)[:, None], 0.0)
 
     def reset_importance(self, name: str) -> None:
-        self.importance[name] = Importance()
+        self.allocation[name].reset_importance()
+
+    def rank_mask(self, name: str) -> torch.Tensor:
+        """``(r,)`` bool: the triplets the budget keeps."""
+        return self.allocation[name].rank_mask
 
     def rank(self, name: str) -> int:
-        return int(self.rank_mask[name].sum())
+        return int(self.rank_mask(name).sum())
 
     # ---- checkpoints -----------------------------------------------------------------------------
     def export_state_dict(self, name: str) -> dict[str, torch.Tensor]:
         """peft's tensors with only the kept triplets (masked ones contribute exactly zero)."""
         state = self.adapter_state_dict(name)
-        if not state or bool(self.rank_mask[name].all()):
+        if not state or bool(self.rank_mask(name).all()):
             return state
-        keep = self.rank_mask[name]
+        keep = self.rank_mask(name)
         return {
             "lora_A": state["lora_A"][keep],
             "lora_E": state["lora_E"][keep],
@@ -133,7 +159,7 @@ class AdaLoraLinear(AdapterLayer):
 
     def delete(self, name: str) -> None:
         super().delete(name)
-        for table in (self.scaling, self.rank_mask, self.importance):
-            table.pop(name, None)
-        if name in self.lora_dropout:
-            del self.lora_dropout[name]
+        self.scaling.pop(name, None)
+        for table in (self.lora_dropout, self.allocation):
+            if name in table:
+                del table[name]

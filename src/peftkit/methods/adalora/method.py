@@ -12,7 +12,7 @@ from transformers.pytorch_utils import Conv1D
 
 from ...errors import ConfigError
 from ...registry import LayerMethod, register_method
-from .allocation import allocate, budget_for, orthogonal_penalty, rank_map
+from .allocation import allocate, budget_for, orthogonal_penalty, rank_map, start_schedule
 from .config import AdaLoraConfig
 from .layer import AdaLoraLinear
 
@@ -29,13 +29,14 @@ class AdaLoraMethod(LayerMethod):
     ) -> None:
         if config.total_step is None:
             config.check_schedule(total_steps)
-            config.total_step = total_steps
         elif config.total_step != total_steps:
             warnings.warn(
                 f"adalora: total_step={config.total_step} but the trainer takes {total_steps} steps; "
                 "the budget follows total_step",
                 stacklevel=2,
             )
+        start_schedule(model, config, adapter_name, config.total_step or total_steps)
+        config.total_step = config.total_step or total_steps
         budget_for(model, config, adapter_name)  # fails early on an adapter that cannot be allocated
 
     def regularization_loss(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...config import PeftConfig, check_choice, check_positive_int, check_range
+from ...config import PeftConfig, check_choice, check_positive, check_positive_int, check_range
 from ...errors import ConfigError
 
 PROMPT_INITS = ("vocab", "random")
@@ -46,11 +46,8 @@ class AdaPtLoraConfig(PeftConfig):
             raise ConfigError("tasks", f"task names must be distinct, got {self.tasks}")
         check_positive_int("num_virtual_tokens", self.num_virtual_tokens)
         check_positive_int("r", self.r)
-        if not isinstance(self.lora_alpha, (int, float)) or self.lora_alpha <= 0:
-            raise ConfigError("lora_alpha", f"must be a positive number, got {self.lora_alpha!r}")
+        check_positive("lora_alpha", self.lora_alpha)
         check_range("lora_dropout", self.lora_dropout, 0.0, 1.0)
-        if not isinstance(self.gate_init, (int, float)) or isinstance(self.gate_init, bool):
-            raise ConfigError("gate_init", f"must be a number (a logit), got {self.gate_init!r}")
         check_choice("prompt_init", self.prompt_init, PROMPT_INITS)
         if self.default_task is not None:
             self.task_index(self.default_task)

@@ -17,7 +17,7 @@ from torch import nn
 
 from ...errors import AdapterError
 from ...input_adapter import PEFT_KEY, InputAdapter, check_shape
-from ...layer import BASE_ROW, AdapterLayer, rows_for_batch
+from ...layer import BASE_ROW, AdapterLayer, check_rank, rows_for_batch
 from ..lora.layer import adapter_dtype, linear_dims
 from .config import AdaPtLoraConfig
 
@@ -48,6 +48,7 @@ class GatedLoraLinear(AdapterLayer):
         self.row_tasks: Tasks = None  # set by PeftModel for one forward
 
     def add(self, name: str, config: AdaPtLoraConfig, module_name: str) -> None:
+        check_rank("r", config.r, self.in_features, self.out_features, module_name)
         kw = {"device": self.base.weight.device, "dtype": adapter_dtype(self.base)}
         self.lora_A[name] = nn.Linear(self.in_features, config.r, bias=False, **kw)  # (r, d_in)
         self.lora_B[name] = nn.Linear(config.r, self.out_features, bias=False, **kw)  # (d_out, r)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ...input_adapter import model_dims
+from ...input_adapter import check_sizes, model_dims
 from ...layer import adapter_layers
 from ...registry import LayerMethod, register_method
 from .config import AdaPtLoraConfig
@@ -25,6 +25,7 @@ class AdaPtLoraMethod(LayerMethod):
     def input_adapter(
         self, model: nn.Module, config: AdaPtLoraConfig, others: dict[str, nn.Module]
     ) -> TaskPrompts:
+        check_sizes(model, config)
         words = model.get_input_embeddings()
         prompts = TaskPrompts(config, model_dims(model).hidden, words.weight.device)
         if config.prompt_init == "vocab" and not config.inference_mode:

@@ -20,7 +20,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ...errors import AdapterError, TargetError
-from ...layer import BASE_ROW, AdapterLayer, rows_for_batch
+from ...layer import BASE_ROW, AdapterLayer, check_size, rows_for_batch
 from .config import BottleneckConfig
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "swish": nn.SiLU}
@@ -104,6 +104,9 @@ class BottleneckLayer(AdapterLayer):
 
     # ---- adding ------------------------------------------------------------------------------
     def add(self, name: str, config: BottleneckConfig, module_name: str) -> None:
+        if config.bottleneck_size is not None:
+            why = "a bottleneck is no wider than the hidden size"
+            check_size("bottleneck_size", config.bottleneck_size, self.hidden, module_name, why)
         kw = {"device": next(self.base.parameters()).device, "dtype": adapter_dtype(self.base)}
         self.bottleneck[name] = Bottleneck(self.hidden, config, **kw)
         self.scaling[name] = float(config.scaling)

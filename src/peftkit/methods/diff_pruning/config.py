@@ -54,7 +54,7 @@ class DiffPruningConfig(SparseDeltaConfig):
         if self.density <= 0:
             raise ConfigError("density", f"must be above 0, got {self.density!r}")
         check_choice("mask", self.mask, MASKS)
-        if not isinstance(self.l0_weight, (int, float)) or self.l0_weight < 0:
+        if self.l0_weight < 0:
             raise ConfigError("l0_weight", f"must be a number >= 0, got {self.l0_weight!r}")
         check_range("init_density", self.init_density, 0.0, 1.0)
         if self.init_density <= 0:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...config import PeftConfig, check_choice
+from ...config import PeftConfig, check_choice, check_positive
 from ...errors import ConfigError
 
 FUSION_TYPES = ("dynamic", "static")
@@ -32,7 +32,7 @@ class FusionConfig(PeftConfig):
         temperature: softmax temperature (1: the paper's setting).
     """
 
-    adapter_names: list[str] = field(default_factory=list)
+    adapter_names: list[str] | str = field(default_factory=list)  # one name may be given as a str
     fusion_type: str = "dynamic"
     temperature: float = 1.0
 
@@ -51,12 +51,7 @@ class FusionConfig(PeftConfig):
             raise ConfigError("adapter_names", f"each adapter may appear once, got {names!r}")
         self.adapter_names = list(names)
         check_choice("fusion_type", self.fusion_type, FUSION_TYPES)
-        if (
-            not isinstance(self.temperature, (int, float))
-            or isinstance(self.temperature, bool)
-            or self.temperature <= 0
-        ):
-            raise ConfigError("temperature", f"must be a positive number, got {self.temperature!r}")
+        check_positive("temperature", self.temperature)
         for name in ("target_modules", "exclude_modules"):
             if getattr(self, name) is not None:
                 raise ConfigError(name, "a fusion goes wherever all its adapters are; leave it unset")

@@ -6,8 +6,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from ...config import PeftConfig, check_choice, check_positive_int, check_range
-from ...errors import ConfigError
+from ...config import PeftConfig, check_choice, check_positive, check_positive_int, check_range, check_regex
 
 INITS = ("kaiming", "gaussian", "pissa")
 BIASES = ("none", "all", "lora_only")
@@ -40,7 +39,7 @@ class LoraConfig(PeftConfig):
     lora_alpha: float = 8
     lora_dropout: float = 0.0
     use_rslora: bool = False
-    init_lora_weights: str = "kaiming"
+    init_lora_weights: str | bool = "kaiming"  # True: peft's name for "kaiming"
     rank_pattern: dict[str, int] = field(default_factory=dict)
     alpha_pattern: dict[str, float] = field(default_factory=dict)
     bias: str = "none"
@@ -50,16 +49,16 @@ class LoraConfig(PeftConfig):
         if self.init_lora_weights is True:
             self.init_lora_weights = "kaiming"
         check_positive_int("r", self.r)
-        if not isinstance(self.lora_alpha, (int, float)) or self.lora_alpha <= 0:
-            raise ConfigError("lora_alpha", f"must be a positive number, got {self.lora_alpha!r}")
+        check_positive("lora_alpha", self.lora_alpha)
         check_range("lora_dropout", self.lora_dropout, 0.0, 1.0)
         check_choice("init_lora_weights", self.init_lora_weights, INITS)
         check_choice("bias", self.bias, BIASES)
         for key, value in self.rank_pattern.items():
+            check_regex(f"rank_pattern[{key!r}]", key)
             check_positive_int(f"rank_pattern[{key!r}]", value)
         for key, value in self.alpha_pattern.items():
-            if not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigError(f"alpha_pattern[{key!r}]", f"must be a positive number, got {value!r}")
+            check_regex(f"alpha_pattern[{key!r}]", key)
+            check_positive(f"alpha_pattern[{key!r}]", value)
 
     def rank_for(self, module_name: str) -> int:
         return pattern_lookup(self.rank_pattern, module_name, self.r)

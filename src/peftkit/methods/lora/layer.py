@@ -11,7 +11,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ...errors import ConfigError
-from ...layer import AdapterLayer, rows_for_batch
+from ...layer import AdapterLayer, check_rank, rows_for_batch
 from ...quantization import is_quantized
 from .config import LoraConfig
 
@@ -47,6 +47,7 @@ class LoraLinear(AdapterLayer):
 
     def add(self, name: str, config: LoraConfig, module_name: str) -> None:
         r = config.rank_for(module_name)
+        check_rank("r", r, self.in_features, self.out_features, module_name)
         kw = {"device": self.base.weight.device, "dtype": adapter_dtype(self.base)}
         self.lora_A[name] = nn.Linear(self.in_features, r, bias=False, **kw)  # (r, d_in)
         self.lora_B[name] = nn.Linear(r, self.out_features, bias=False, **kw)  # (d_out, r)
@@ -156,6 +157,7 @@ class LoraEmbedding(AdapterLayer):
                 "init_lora_weights", f"pissa is for linear layers; {module_name} is an Embedding"
             )
         r, base = config.rank_for(module_name), self.base
+        check_rank("r", r, base.num_embeddings, base.embedding_dim, module_name)
         kw = {"device": base.weight.device, "dtype": adapter_dtype(base)}
         self.lora_embedding_A[name] = nn.Parameter(torch.zeros(r, base.num_embeddings, **kw))  # (r, V)
         self.lora_embedding_B[name] = nn.Parameter(torch.randn(base.embedding_dim, r, **kw))  # (d, r)

@@ -20,8 +20,13 @@ class LoraMethod(LayerMethod):
     layer_types = {nn.Linear: LoraLinear, Conv1D: LoraLinear, nn.Embedding: LoraEmbedding}
 
     def extra_trainable(self, model: nn.Module, config: LoraConfig, targets: list[str]) -> list[str]:
-        if config.bias == "all":
-            return [n for n, _ in model.named_parameters() if n.endswith(".bias") and ".lora_" not in n]
+        if config.bias == "all":  # the base's own biases; a modules_to_save copy trains and saves as a whole
+            skip = (".lora_", ".modules_to_save.", ".original_module.")
+            return [
+                n
+                for n, _ in model.named_parameters()
+                if n.endswith(".bias") and not any(s in f".{n}" for s in skip)
+            ]
         if config.bias == "lora_only":
             return [
                 f"{t}.base_layer.bias"
