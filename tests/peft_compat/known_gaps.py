@@ -51,7 +51,6 @@ DELETE_MSG = (
 BIAS_MULTI = "a second adapter is not refused when bias != 'none' (peft raises ValueError)"
 ADALORA_BIAS = "AdaLoraConfig has no bias option"
 PUSH_TO_HUB = "on a plain nn.Module the wrapper has no push_to_hub (peft's PeftModel always has it)"
-PROMPT_ENCODER_ATTR = "no model.prompt_encoder (peft's ModuleDict of prompt-learning encoders)"
 BASE_MODEL = (
     "model.base_model is the raw model, not a tuner model holding it (no base_model.model / .set_adapter "
     "/ .peft_config)"
@@ -525,11 +524,8 @@ KNOWN_GAPS: dict[str, str] = {
     "test_common.py::test_training_gradient_checkpointing[t5-lora-non_reentrant]": GC,
     "test_common.py::test_training_gradient_checkpointing[t5-lora-reentrant]": GC,
     "test_common.py::test_training_layer_indexing[llama-dora]": DORA,
-    "test_common.py::test_training_prompt_learning_tasks[llama-prefix]": PROMPT_ENCODER_ATTR,
-    "test_common.py::test_training_prompt_learning_tasks[llama-prompt]": PROMPT_ENCODER_ATTR,
     "test_common.py::test_training_prompt_learning_tasks[llama-ptuning]": PROMPT_ENCODER,
     "test_common.py::test_training_prompt_learning_tasks[t5-prefix]": PREFIX_SEQ2SEQ,
-    "test_common.py::test_training_prompt_learning_tasks[t5-prompt]": PROMPT_ENCODER_ATTR,
     "test_common.py::test_training_prompt_learning_tasks[t5-ptuning]": PROMPT_ENCODER,
     "test_common.py::test_unload_adapter[gpt2-ia3]": IA3,
     "test_common.py::test_unload_adapter[llama-dora]": DORA,
