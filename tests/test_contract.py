@@ -90,6 +90,8 @@ def test_merge_equals_unmerged(case):
     torch.testing.assert_close(logits(model, inputs), unmerged, atol=MERGE_ATOL, rtol=1e-4)
     model.merge_adapter()  # second merge must not double the delta
     torch.testing.assert_close(logits(model, inputs), unmerged, atol=MERGE_ATOL, rtol=1e-4)
+    with pytest.raises(AdapterError, match="unmerged"):  # rows cannot pick adapters out of merged weights
+        logits(model, inputs, adapter_names=["default"] * inputs["input_ids"].shape[0])
     model.unmerge_adapter()
     torch.testing.assert_close(logits(model, inputs), unmerged, atol=MERGE_ATOL, rtol=1e-4)
     merged_plain = model.merge_and_unload()

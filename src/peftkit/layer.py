@@ -155,6 +155,11 @@ class AdapterLayer(nn.Module):
                 self.base.weight.sub_(self.delta_weight(name).to(self.base.weight.dtype))
 
     # ---- forward -----------------------------------------------------------------------------
+    def check_mixable(self) -> None:
+        """Rows of a batch cannot take their own adapters from a layer whose base holds merged ones."""
+        if self.merged:
+            raise AdapterError("a mixed-adapter batch needs unmerged adapters; call unmerge_adapter() first")
+
     def adapter_delta(self, name: str, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """What adapter ``name`` adds to the base output for input ``x``."""
         raise NotImplementedError  # pragma: no cover - abstract
@@ -166,6 +171,7 @@ class AdapterLayer(nn.Module):
                 raise AdapterError("adapters are merged into the base; unmerge_adapter() before disabling")
             return out
         if current_rows().mixed:
+            self.check_mixable()
 
             def delta(name: str, rows: torch.Tensor) -> torch.Tensor:
                 return self.adapter_delta(name, x[rows], *args, **kwargs)
