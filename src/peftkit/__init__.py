@@ -30,6 +30,7 @@ from .methods.bottleneck import BottleneckConfig, Stack
 from .methods.diff_pruning import DiffPruningConfig
 from .methods.full import FullConfig
 from .methods.fusion import FusionConfig, fusion_attention
+from .methods.ia3 import IA3Config
 from .methods.lora import LoraConfig
 from .methods.p_tuning import PTuningConfig
 from .methods.p_tuning_v2 import PTuningV2Config
@@ -58,6 +59,7 @@ __all__ = [
     "GenerationOutput",
     "FullConfig",
     "FusionConfig",
+    "IA3Config",
     "LayerMethod",
     "LoraConfig",
     "PTuningConfig",
