@@ -46,7 +46,7 @@ class AdaLoraMethod(LayerMethod):
     ) -> torch.Tensor | None:
         if config.orth_reg_weight == 0:
             return None
-        penalty = orthogonal_penalty(model, adapter_name)
+        penalty = orthogonal_penalty(model, adapter_name, config.orth_reg_form)
         return None if penalty is None else config.orth_reg_weight * penalty
 
     def after_optimizer_step(
@@ -66,6 +66,7 @@ class AdaLoraMethod(LayerMethod):
         data.update(
             r=8, init_lora_weights=True, bias="none", use_rslora=False, use_dora=False, lora_bias=False
         )
+        data.pop("orth_reg_form", None)  # how training regularised: peft's config has no such field
         data["fan_in_fan_out"] = any(isinstance(model.get_submodule(t).base, Conv1D) for t in targets)
         if config.rank_pattern and all(all(kept) for kept in config.rank_pattern.values()):
             data["rank_pattern"] = None  # nothing pruned: tensors are saved at init_r
