@@ -66,3 +66,25 @@ def test_bad_ratio_is_refused():
     model = peftkit.get_peft_model(build("mlp"), peftkit.LoraConfig(r=2, target_modules=["fc1"]))
     with pytest.raises(peftkit.ConfigError, match="loraplus_lr_ratio"):
         create_loraplus_optimizer(model, torch.optim.SGD, lr=0.1, loraplus_lr_ratio=0)
+
+
+def test_trainer_takes_loraplus_lr_ratio(tmp_path):
+    """``train.loraplus_lr_ratio``: peftkit's trainer builds LoRA+'s groups (and schedules every group)."""
+    from peftkit.data import Collator
+    from peftkit.training import TrainConfig, Trainer
+
+    model = peftkit.get_peft_model(build("llama"), peftkit.LoraConfig(r=2, target_modules=["q_proj"]))
+    g = torch.Generator().manual_seed(0)
+    examples = [
+        {"input_ids": ids, "labels": ids} for ids in torch.randint(3, 90, (8, 6), generator=g).tolist()
+    ]
+    cfg = TrainConfig(lr=1e-2, max_steps=2, batch_size=4, loraplus_lr_ratio=16, schedule="constant")
+    trainer = Trainer(model, examples, Collator(0), cfg, tmp_path, show_progress=False)
+    got = settings(model, trainer.optimizer)
+    assert got["model.layers.0.self_attn.q_proj.lora_B.weight"][0] == pytest.approx(0.16)
+    assert got["model.layers.0.self_attn.q_proj.lora_A.weight"][0] == pytest.approx(0.01)
+    B = model.base_model.model.layers[0].self_attn.q_proj.lora_B["default"].weight
+    trainer.train()
+    assert B.abs().sum() > 0
+    with pytest.raises(peftkit.ConfigError, match="loraplus_lr_ratio"):
+        TrainConfig(loraplus_lr_ratio=-1.0)
