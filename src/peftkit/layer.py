@@ -7,8 +7,10 @@ containers keyed by adapter name (``nn.ModuleDict`` / ``nn.ParameterDict``) list
 which parameters belong to an adapter, its state dict in the ``peft`` key scheme (adapter name
 stripped), enabling/disabling, deletion, per-row adapters in a mixed batch (:func:`peftkit.rows.mix_rows`
 with the routing :class:`~peftkit.PeftModel` makes current), and merge/unmerge for methods whose maths
-allows it (``delta_weight`` returns a tensor). :func:`attach` puts a layer class at a module path
-(wrapping the module, or joining the layer of that class already there) for every method.
+allows it (``delta_weight``, and ``delta_bias``, return tensors; a method whose merge is not a sum, such
+as DoRA's rescaling or IA3's product, overrides ``merge_one``/``unmerge_one``, and ``adapted`` /
+``mixed_forward`` when its output is not ``base(x)`` plus deltas). :func:`attach` puts a layer class at a
+module path (wrapping the module, or joining the layer of that class already there) for every method.
 """
 
 from __future__ import annotations
