@@ -107,7 +107,7 @@ class LoraLinear(DoraParts, LowRankLayer):
         lora = B(A(x)) * self.scaling[name]  # (..., d_out)
         if not self.is_dora(name):
             return lora
-        return self.dora_delta(name, F.linear(x, self.unit_weight().to(x.dtype)), lora)  # W x: no bias
+        return self.dora_delta(name, lora, lambda W: F.linear(x, W))  # W x: no bias
 
     def delta_weight(self, name: str) -> torch.Tensor:
         if self.is_dora(name):
@@ -176,14 +176,17 @@ class LoraEmbedding(DoraParts, AdapterLayer):
             self.add_magnitude(name)
 
     def adapter_delta(self, name: str, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        A, B, base = self.lora_embedding_A[name], self.lora_embedding_B[name], self.base
-        after_a = F.embedding(
-            x, A.T, base.padding_idx, base.max_norm, base.norm_type, base.scale_grad_by_freq
-        )
+        A, B = self.lora_embedding_A[name], self.lora_embedding_B[name]
+        after_a = self._lookup(x, A.T)  # (B, T, r)
         lora = (after_a @ B.T) * self.scaling[name]  # (B, T, d)
         if not self.is_dora(name):
             return lora
-        return self.dora_delta(name, self.base(x).to(lora.dtype), lora)  # the base's own lookup
+        return self.dora_delta(name, lora, lambda W: self._lookup(x, W.T))  # W[x]: (B, T, d)
+
+    def _lookup(self, x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """``table[x]`` with the base embedding's options (padding index, max norm, ...)."""
+        base = self.base
+        return F.embedding(x, table, base.padding_idx, base.max_norm, base.norm_type, base.scale_grad_by_freq)
 
     def delta_weight(self, name: str) -> torch.Tensor:
         if self.is_dora(name):
