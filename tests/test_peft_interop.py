@@ -120,6 +120,14 @@ def test_peft_residual_init_saved_without_conversion_loads_exactly(init, tmp_pat
         torch.testing.assert_close(logits(ours, inputs), logits(build("llama"), inputs), atol=1e-5, rtol=1e-4)
 
 
+def test_peft_randomised_pissa_saved_without_conversion_warns(tmp_path):
+    config = peft.LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights="pissa_niter_2")
+    peft.get_peft_model(build("llama"), config).save_pretrained(tmp_path)
+    with pytest.warns(UserWarning, match="randomised SVD"):
+        loaded = peftkit.PeftModel.from_pretrained(build("llama"), tmp_path)
+    assert loaded.peft_config["default"].init_lora_weights == "pissa_niter_2"
+
+
 @pytest.mark.parametrize("init", ["pissa", "olora"])
 def test_residual_init_saved_as_lora_loads_in_peft(init, tmp_path):
     ours = peftkit.get_peft_model(

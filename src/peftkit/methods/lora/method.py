@@ -13,7 +13,7 @@ from ...layer import adapter_layers
 from ...nn_types import correct_fan_in_fan_out
 from ...registry import LayerMethod, register_method
 from .. import default_targets as defaults
-from .config import LoraConfig, is_residual_init
+from .config import PISSA_NITER, LoraConfig, is_residual_init
 from .layer import LoraEmbedding, LoraLinear
 
 
@@ -64,6 +64,13 @@ class LoraMethod(LayerMethod):
         init = data.get("init_lora_weights", True)
         if init in (True, None):
             return {"init_lora_weights": "kaiming"}
+        if isinstance(init, str) and PISSA_NITER.fullmatch(init):
+            warnings.warn(
+                f"init_lora_weights={init!r}: a randomised SVD, run again on the base to load this adapter "
+                "saved without conversion, gives a slightly different residual than the one it was trained "
+                "on (peft reloads it the same way); save such adapters converted for exact reloading",
+                stacklevel=3,
+            )
         if init in (False, "gaussian") or is_residual_init(init):
             return {"init_lora_weights": init}
         warnings.warn(
