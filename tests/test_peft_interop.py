@@ -67,6 +67,16 @@ METHODS = [
     ),
     ("t5", "IA3Config", {"target_modules": ["k", "v", "wo"], "feedforward_modules": ["wo"]}),
     ("bert", "IA3Config", {"modules_to_save": ["classifier"]}),
+    (
+        "gpt2",
+        "LoraConfig",
+        {
+            "r": 2,
+            "target_modules": ["c_attn", "mlp.c_proj"],
+            "init_lora_weights": False,
+            "fan_in_fan_out": True,
+        },
+    ),
 ]
 METHOD_IDS = [
     "dora-llama",
@@ -77,6 +87,7 @@ METHOD_IDS = [
     "ia3-gpt2",
     "ia3-t5",
     "ia3-bert",
+    "lora-init-false-gpt2",
 ]
 RANDOM_INIT = {"LoraConfig": {"init_lora_weights": False}, "IA3Config": {"init_ia3_weights": False}}
 
@@ -94,7 +105,7 @@ def test_method_checkpoint_loads_in_peft(kind, config_name, kwargs, tmp_path):
 
 @pytest.mark.parametrize(("kind", "config_name", "kwargs"), METHODS, ids=METHOD_IDS)
 def test_peft_method_checkpoint_loads_in_peftkit(kind, config_name, kwargs, tmp_path):
-    config = getattr(peft, config_name)(**RANDOM_INIT[config_name], **kwargs)
+    config = getattr(peft, config_name)(**{**RANDOM_INIT[config_name], **kwargs})
     theirs = peft.get_peft_model(build(kind), config)
     train_steps(theirs, make_inputs(kind))
     inputs = make_inputs(kind, seed=7)
