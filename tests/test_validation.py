@@ -549,3 +549,28 @@ def test_no_warning_for_a_checkpoint_with_digests(saved):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         PeftModel.from_pretrained(build("llama"), saved)
+
+
+@pytest.mark.parametrize("group", [None, "g"])
+def test_validation_holdout_never_reads_the_test_rows(tmp_path, group):
+    """``data.holdout: validation`` (choosing settings): the test rows stay out of both training and
+    validation, the validation rows are out of training, sizes follow eval_fraction, groups stay whole."""
+    from peftkit.pipeline import read_split
+
+    lines = [f'{{"text": "film {i}", "label": {i % 2}, "g": {i // 4}}}' for i in range(200)]
+    data = _jsonl(tmp_path / "d.jsonl", lines)
+    section = {"train": str(data), "eval_fraction": 0.2, "seed": 3, "group_column": group}
+    runs = {
+        h: build_run_config({"task": {"type": "classification"}, "data": {**section, "holdout": h}})
+        for h in ("test", "validation")
+    }
+    train, test = read_split(runs["test"])
+    vtrain, validation = read_split(runs["validation"])
+    text = lambda rows: {r["text"] for r in rows}  # noqa: E731
+    assert not text(test) & (text(vtrain) | text(validation))
+    assert not text(validation) & text(vtrain) and text(vtrain) | text(validation) == text(train)
+    assert len(validation) == pytest.approx(0.2 * len(train), abs=4)
+    if group:
+        assert not {r["g"] for r in validation} & {r["g"] for r in vtrain}
+    with pytest.raises(ConfigError, match="data.holdout"):
+        build_run_config({"task": {"type": "classification"}, "data": {**section, "holdout": "dev"}})
