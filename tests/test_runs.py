@@ -42,6 +42,7 @@ from peftkit.methods.full import FullConfig
 from peftkit.methods.selection import SelectionConfig
 from peftkit.plotting import read_metrics
 from peftkit.training import TrainConfig, Trainer
+from peftkit.training.chunked_loss import CausalLMLoss
 
 SCRIPTS = Path(__file__).parent / "scripts"
 METHODS = {  # name -> (tiny model, config): a row per kind of method (layer, virtual tokens, sparse)
@@ -79,14 +80,17 @@ def trainer(out: Path, method: str = "lora", model=None, loss_fn=None, **cfg) ->
 
 
 def crash_at(step: int):
-    """A loss function that raises inside optimizer step ``step`` (1-based): a crashed process."""
+    """A loss function that raises inside optimizer step ``step`` (1-based): a crashed process. Until
+    then it is the trainer's default loss (the chunked causal-LM loss where it applies), so the steps
+    before the crash are the uninterrupted run's, bit for bit."""
     calls = {"n": 0}
+    default = CausalLMLoss("auto")
 
     def loss_fn(model, batch):
         calls["n"] += 1
         if calls["n"] == step:
             raise RuntimeError("crash")
-        return model(**batch).loss
+        return default(model, batch)
 
     return loss_fn
 

@@ -19,14 +19,17 @@ from torch import nn
 
 from .data import Collator, TaskSpec, encode, read_records
 from .data.cloze import cloze_logits, cloze_loss, verbalizer_token_ids
+from .data.packing import training_collator
 from .errors import ConfigError
 from .evaluation import accuracy, macro_f1
 from .model import PeftModel, get_peft_model
+from .precision import base_dtype
 from .run_config import DataSection, RunConfig, build_run_config, load_yaml
 from .training import Trainer
 from .training.resume import resume_changes
 from .training.run_folder import claim_run_folder
 from .training.state import require_checkpoints
+from .training.trainer import default_loss
 
 HEAD_NAMES = ("classifier", "score")
 
@@ -55,7 +58,7 @@ def load_base(run: RunConfig, spec: TaskSpec):
     from .models import load_model
 
     kwargs = {"num_labels": len(spec.label_list())} if spec.type == "classification" else {}
-    dtype = getattr(torch, run.model.dtype)
+    dtype = _base_dtype(run)
     # a new head (and the adapter drawn after it) is the same draw on every run with this seed
     torch.manual_seed(run.train.seed)
     model, tok = load_model(
@@ -71,6 +74,13 @@ def load_base(run: RunConfig, spec: TaskSpec):
 
         print(quant_stats(model))
     return model, tok
+
+
+def _base_dtype(run: RunConfig) -> torch.dtype:
+    """train.precision picks the base's dtype (issue 19); a 4-bit base keeps model.dtype under auto."""
+    if run.model.quantize and run.train.precision == "auto":
+        return getattr(torch, run.model.dtype)
+    return base_dtype(run.train.precision, run.model.dtype)
 
 
 def read_split(run: RunConfig) -> tuple[list[dict], list[dict]]:
@@ -233,7 +243,7 @@ def _lm(model, tok, spec, examples, collate):
         loss = total / max(count, 1)
         return {"eval_loss": loss, "eval_perplexity": float(torch.tensor(loss).exp())}
 
-    return (lambda m, b: m(**b).loss), eval_fn
+    return (default_loss if spec.type == "sft" else lambda m, b: m(**b).loss), eval_fn  # sft: train.lm_loss
 
 
 def _per_task(preds: list[int], labels: list[int], tasks: list[str]) -> dict[str, float]:
@@ -324,10 +334,19 @@ def _check_resume(saved_path: Path, run: RunConfig) -> None:
 def _train_and_save(run: RunConfig, p: Prepared, out: Path, resume: bool, show_progress: bool) -> dict:
     print(p.model.parameter_report())
     eval_fn = p.eval_fn if p.eval else None
-    trainer = Trainer(
+    collate = training_collator(  # train.packing (issue 19): padding-free sft batches
+        run.train.packing,
         p.model,
         p.train,
         p.collate,
+        p.tokenizer.pad_token_id,
+        p.spec.type,
+        p.spec.max_length,
+    )
+    trainer = Trainer(
+        p.model,
+        p.train,
+        collate,
         run.train,
         out,
         eval_fn=eval_fn,

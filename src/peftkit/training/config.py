@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from ..config import check_choice, check_fields, check_positive, check_positive_int, check_range
+from ..data.packing import PACKING
 from ..errors import ConfigError
+from ..precision import PRECISIONS
+from .chunked_loss import LM_LOSSES
 
 SCHEDULES = ("linear", "cosine", "constant")
 
@@ -35,6 +38,16 @@ class TrainConfig:
         save_every: write a resumable checkpoint every N steps (0: never).
         keep_checkpoints: how many resumable checkpoints to keep.
         log_every: log train loss every N steps.
+        precision: dtype of the frozen base: ``bf16`` or ``fp32``, or ``auto`` (bf16 where the
+            hardware multiplies bf16 fast, measured; see :mod:`peftkit.precision`). What trains is
+            fp32 in every case.
+        lm_loss: the causal-LM loss: ``chunked`` (head and cross-entropy by chunks of tokens, never
+            all the logits), ``plain`` (the model's own), or ``auto`` (chunked where the model
+            allows it, checked against the plain loss on the first batch).
+        packing: SFT batches ``packed`` (examples end to end, attention kept within each, no
+            padding), ``padded``, or ``auto`` (packed where the model keeps examples apart).
+        compile: ``torch.compile`` the model for training (off unless asked: see the README's
+            performance notes).
     """
 
     lr: float = 2e-4
@@ -57,6 +70,10 @@ class TrainConfig:
     save_every: int = 0
     keep_checkpoints: int = 2
     log_every: int = 10
+    precision: str = "auto"
+    lm_loss: str = "auto"
+    packing: str = "auto"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -84,6 +101,9 @@ class TrainConfig:
             raise ConfigError(
                 "loraplus_lr_ratio", f"must be >= 0 (0: LoRA+ off), got {self.loraplus_lr_ratio!r}"
             )
+        check_choice("precision", self.precision, PRECISIONS)
+        check_choice("lm_loss", self.lm_loss, LM_LOSSES)
+        check_choice("packing", self.packing, PACKING)
         if self.max_grad_norm < 0 or self.weight_decay < 0:
             raise ConfigError("max_grad_norm", "max_grad_norm and weight_decay must be >= 0")
 

@@ -21,9 +21,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..data.packing import batch_tokens
 from ..errors import ConfigError
 from ..optimizers import create_loraplus_optimizer
-from . import metrics
+from . import metrics, speedups
 from . import state as ckpt
 from .config import TrainConfig
 from .resume import examples_digest, resume_changes
@@ -69,7 +70,11 @@ class Trainer:
             raise ValueError("no training examples: check the data file and the task's column names")
         self.model, self.examples, self.collate, self.cfg = model, examples, collate, config
         self.out = Path(output_dir)
-        self.eval_fn, self.loss_fn, self.show_progress = eval_fn, loss_fn, show_progress
+        self.eval_fn, self.show_progress = eval_fn, show_progress
+        self.loss_fn = speedups.training_loss(loss_fn, config, default_loss)  # issue 19: chunked loss
+        speedups.check_precision(model, config.precision)  # issue 19: what trains is fp32
+        if config.compile:
+            speedups.compile_model(model)
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("the model has no trainable parameters")
@@ -105,7 +110,7 @@ class Trainer:
                 loss = self.loss_fn(self.model, batch) + _regularizer(self.model)
             (loss / len(micro)).backward()
             total_loss += loss.item() / len(micro)
-            tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else len(examples)
+            tokens += batch_tokens(batch, len(examples))
         if self.cfg.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
         self.optimizer.step()

@@ -1,0 +1,141 @@
+"""Training precision: the frozen base in bf16 where asked or detected, everything that trains in fp32,
+the base never cast per step; and how the trainer and the pipeline take the new options."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import build
+from scripts.train_tiny import collate, examples
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import peftkit
+from peftkit import precision
+from peftkit.data import Collator
+from peftkit.data.packing import PackedBatch, PackingCollator, training_collator
+from peftkit.errors import ConfigError
+from peftkit.training import TrainConfig, Trainer
+from peftkit.training.chunked_loss import CausalLMLoss
+
+
+def test_base_dtype_follows_precision_and_detection(monkeypatch):
+    assert precision.base_dtype("fp32") == torch.float32
+    assert precision.base_dtype("bf16") == torch.bfloat16
+    assert precision.base_dtype("auto", "bfloat16") == torch.bfloat16
+    monkeypatch.setattr(precision, "fast_bf16", lambda device="cpu": True)
+    assert precision.base_dtype("auto") == torch.bfloat16
+    monkeypatch.setattr(precision, "fast_bf16", lambda device="cpu": False)
+    assert precision.base_dtype("auto") == torch.float32
+    with pytest.raises(ConfigError, match="train.precision: fp32 asks for a float32 base but model.dtype"):
+        precision.base_dtype("fp32", "bfloat16")
+    with pytest.raises(ConfigError, match="train.precision: got 'fp16'"):
+        precision.base_dtype("fp16")
+
+
+def test_speedup_is_measured_once():
+    first = precision.bf16_speedup("cpu")
+    assert first > 0 and precision.bf16_speedup("cpu") == first
+
+
+class Created(TorchDispatchMode):
+    """Records (shape, dtype) of every tensor an op produces."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[tuple[tuple[int, ...], torch.dtype]] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.seen.add((tuple(t.shape), t.dtype))
+        return out
+
+
+def test_bf16_base_trains_fp32_adapters_and_is_never_cast(tmp_path):
+    model = peftkit.get_peft_model(
+        build("llama").to(torch.bfloat16), peftkit.LoraConfig(r=4, target_modules="all-linear")
+    )
+    frozen = {tuple(p.shape) for p in model.parameters() if not p.requires_grad and p.dim() == 2}
+    cfg = TrainConfig(lr=1e-2, max_steps=2, batch_size=5, max_grad_norm=0, precision="bf16")
+    trainer = Trainer(model, examples(10), collate, cfg, tmp_path, show_progress=False)
+    with Created() as created:
+        trainer.train()
+    assert not {(shape, torch.float32) for shape in frozen} & created.seen  # no fp32 copy of a base weight
+    assert all(p.dtype == torch.float32 for p in trainer.params)
+    state = trainer.optimizer.state[trainer.params[0]]
+    assert state["exp_avg"].dtype == torch.float32
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters() if not p.requires_grad)
+
+
+def test_trainable_base_copies_become_fp32_islands(tmp_path):
+    model = peftkit.get_peft_model(
+        build("llama").to(torch.bfloat16),
+        peftkit.LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"]),
+    )
+    assert precision.half_trainable(model) == ["base_model.lm_head.modules_to_save.default.weight"]
+    cfg = TrainConfig(lr=1e-2, max_steps=2, batch_size=5, max_grad_norm=0)
+    trainer = Trainer(model, examples(10), collate, cfg, tmp_path, show_progress=False)
+    assert precision.half_trainable(model) == []
+    assert model.base_model.lm_head.original_module.weight.dtype == torch.bfloat16  # frozen: untouched
+    result = trainer.train()
+    assert result.steps == 2 and all(torch.isfinite(torch.tensor(r["train_loss"])) for r in result.history)
+    out = model(**collate(examples(2))).logits
+    assert out.dtype == torch.bfloat16  # the island hands back the dtype it was given
+
+
+def test_trainer_refuses_a_base_in_another_precision(tmp_path):
+    model = peftkit.get_peft_model(
+        build("llama").to(torch.bfloat16), peftkit.LoraConfig(r=2, target_modules=["q_proj"])
+    )
+    cfg = TrainConfig(max_steps=1, batch_size=2, precision="fp32")
+    with pytest.raises(ConfigError, match=r"train.precision: fp32 was asked for but the base is loaded in"):
+        Trainer(model, examples(4), collate, cfg, tmp_path, show_progress=False)
+
+
+def test_trainer_picks_the_loss_and_counts_packed_tokens(tmp_path):
+    model = peftkit.get_peft_model(build("llama"), peftkit.LoraConfig(r=2, target_modules=["q_proj"]))
+    trainer = Trainer(model, examples(4), collate, TrainConfig(max_steps=1, batch_size=2), tmp_path)
+    assert isinstance(trainer.loss_fn, CausalLMLoss) and trainer.loss_fn.mode == "auto"
+    plain = Trainer(model, examples(4), collate, TrainConfig(max_steps=1, lm_loss="plain"), tmp_path)
+    assert plain.loss_fn.mode == "plain"
+    with pytest.raises(ConfigError, match="train.lm_loss: chunked applies to the causal-LM loss"):
+        Trainer(
+            model, examples(4), collate, TrainConfig(max_steps=1, lm_loss="chunked"), tmp_path, loss_fn=len
+        )
+    packed = PackingCollator(0, max_tokens=64)
+    sft = [{**e, "labels": e["input_ids"]} for e in examples(4)]
+    trainer = Trainer(
+        model, sft, packed, TrainConfig(max_steps=1, batch_size=4), tmp_path, show_progress=False
+    )
+    assert trainer._step(0)[1] == sum(len(e["input_ids"]) for e in sft)
+    with pytest.raises(ConfigError, match="packing: must be one of"):
+        TrainConfig(packing="yes")
+
+
+def test_training_collator_packs_sft_only():
+    model, padded = build("llama"), Collator(0)
+    sft = [{"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "labels": [-100, 6, 7]}]
+    assert isinstance(training_collator("auto", model, sft, padded, 0, "sft", 128)(sft), PackedBatch)
+    assert training_collator("padded", model, sft, padded, 0, "sft") is padded
+    assert training_collator("auto", model, sft, padded, 0, "classification") is padded
+    with pytest.raises(ConfigError, match="train.packing: packing applies to sft tasks, not classification"):
+        training_collator("packed", model, sft, padded, 0, "classification")
+    tasks = [{**sft[0], "tasks": "a"}]
+    assert training_collator("auto", model, tasks, padded, 0, "sft") is padded
+    bert = build("bert")
+    assert training_collator("auto", bert, sft, padded, 0, "sft") is padded
+    with pytest.raises(ConfigError, match="does not keep packed examples apart"):
+        training_collator("packed", bert, sft, padded, 0, "sft")
+
+
+@pytest.mark.slow
+def test_compiled_training_gives_the_eager_losses(tmp_path):
+    losses = []
+    for flag in (False, True):
+        torch.manual_seed(0)
+        model = peftkit.get_peft_model(build("llama"), peftkit.LoraConfig(r=2, target_modules=["q_proj"]))
+        cfg = TrainConfig(lr=1e-2, max_steps=2, batch_size=2, log_every=1, compile=flag)
+        result = Trainer(model, examples(4), collate, cfg, tmp_path / str(flag), show_progress=False).train()
+        losses.append([r["train_loss"] for r in result.history])
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
