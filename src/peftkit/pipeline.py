@@ -26,6 +26,7 @@ from .model import PeftModel, get_peft_model
 from .precision import base_dtype
 from .run_config import DataSection, RunConfig, build_run_config, load_yaml
 from .training import Trainer
+from .training.config import BEFORE_LEVERS
 from .training.resume import resume_changes
 from .training.run_folder import claim_run_folder
 from .training.state import require_checkpoints
@@ -325,7 +326,11 @@ def _check_resume(saved_path: Path, run: RunConfig) -> None:
     if not saved_path.is_file():
         warnings.warn(f"--resume: no {saved_path} to compare this run's config with", stacklevel=2)
         return
-    saved = build_run_config(load_yaml(saved_path)).to_dict()
+    written = load_yaml(saved_path)
+    train = written.get("train") or {}
+    if isinstance(train, dict):  # issue 19's levers absent: the run predates them
+        written["train"] = {**BEFORE_LEVERS, **train}
+    saved = build_run_config(written).to_dict()
     accepted = resume_changes(saved, run.to_dict(), str(saved_path))
     if accepted:
         print(f"resume: accepted changes (recorded in {saved_path}): {'; '.join(accepted)}", file=sys.stderr)

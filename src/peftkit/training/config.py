@@ -11,6 +11,8 @@ from ..precision import PRECISIONS
 from .chunked_loss import LM_LOSSES
 
 SCHEDULES = ("linear", "cosine", "constant")
+# issue 19's levers as runs trained before the fields existed: a saved config without them reads so
+BEFORE_LEVERS = {"precision": "fp32", "lm_loss": "plain", "packing": "padded"}
 
 
 @dataclass
@@ -109,6 +111,13 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def as_written(cls, saved: dict) -> dict:
+        """A saved train section as the run that wrote it trained: a field added since reads as its
+        default (it was not set), except issue 19's levers, which read as what runs did before them
+        (:data:`BEFORE_LEVERS`: an fp32 base, the model's own loss, padded batches)."""
+        return {**cls().to_dict(), **{k: v for k, v in BEFORE_LEVERS.items() if k not in saved}, **saved}
 
     @classmethod
     def field_names(cls) -> list[str]:

@@ -60,6 +60,18 @@ def check_precision(model: nn.Module, precision: str) -> list[str]:
     return keep_trainable_fp32(model)
 
 
+def check_resumed_precision(saved: str | None, model: nn.Module, where: str) -> None:
+    """Refuse to resume a checkpoint whose frozen base had another dtype (``auto`` decides per machine:
+    a run continued elsewhere could get the other one). ``saved`` None: written before it was kept."""
+    now = str(frozen_dtype(model))
+    if saved is not None and saved != now:
+        raise ConfigError(
+            "--resume",
+            f"{where} trained with a {saved} base, this run loads it in {now} (train.precision 'auto' "
+            "detects bf16 per machine); set train.precision to the checkpoint's (bf16 or fp32)",
+        )
+
+
 def repeated_blocks(model: nn.Module) -> list[nn.Module]:
     """The blocks of the longest ``nn.ModuleList`` whose entries share one class (a transformer's
     layers), or none."""

@@ -228,6 +228,7 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "data": self.data_digest,
             "metrics_rows": self.rows_written,
+            "base_dtype": str(speedups.frozen_dtype(self.model)),  # what train.precision resolved to
         }
         ckpt.save_checkpoint(self.out / "checkpoints", step, self.model, extra, self.cfg.keep_checkpoints)
 
@@ -250,9 +251,9 @@ class Trainer:
     def _check_resumable(self, checkpoint: ckpt.Checkpoint) -> None:
         saved, where = checkpoint.state, f"checkpoint {checkpoint.path}"
         if "config" in saved:  # written by peftkit >= the version that checks it
-            # a field added since the checkpoint was written reads as its default (it was not set)
-            written = {**type(self.cfg)().to_dict(), **saved["config"]}
+            written = type(self.cfg).as_written(saved["config"])  # fields added since the checkpoint
             resume_changes({"train": written}, {"train": self.cfg.to_dict()}, where)
+        speedups.check_resumed_precision(saved.get("base_dtype"), self.model, where)
         if saved.get("data", self.data_digest) != self.data_digest:
             raise ConfigError(
                 "--resume",
