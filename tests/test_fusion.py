@@ -54,7 +54,7 @@ def test_fusion_weights_sum_to_one_and_depend_on_the_input():
     assert fused.adapters == ["sst2", "e2e"] and fused.sites == ["0.output.dense", "1.output.dense"]
     assert fused.weights.shape == (2, 2)
     torch.testing.assert_close(fused.weights.sum(-1), torch.ones(2))
-    layer = model.base_model.get_submodule("bert.encoder.layer.0.output.dense")
+    layer = model.get_base_model().get_submodule("bert.encoder.layer.0.output.dense")
     layer.record_fusion = True
     logits(model, inputs)
     per_token = layer.fusion_weights["f"]  # (B, T, N)

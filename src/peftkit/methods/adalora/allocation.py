@@ -120,6 +120,22 @@ def start_schedule(model: nn.Module, config: AdaLoraConfig, name: str, length: i
         config.rank_pattern = _pattern(layers, name)
 
 
+def schedule_started(model: nn.Module, name: str) -> bool:
+    """Whether :func:`start_schedule` ran for adapter ``name`` (its layers hold the schedule's length)."""
+    return any(int(la.allocation[name].total_step) for _, la in adalora_layers(model, name))
+
+
+def peft_orthogonal_penalty(model: nn.Module, name: str) -> torch.Tensor | None:
+    """peft's form: the mean over every factor (P and Q of each module) of ``||F F^T - I||_F``, not squared."""
+    terms = [
+        term
+        for _, la in adalora_layers(model, name)
+        if la.lora_E[name].numel()
+        for term in la.orthogonality_norms(name)
+    ]
+    return torch.stack(terms).mean() if terms else None
+
+
 def orthogonal_penalty(model: nn.Module, name: str) -> torch.Tensor | None:
     """Mean over adapted modules of ``||P^T P - I||_F^2 + ||Q Q^T - I||_F^2``."""
     terms = [la.orthogonality(name) for _, la in adalora_layers(model, name) if la.lora_E[name].numel()]

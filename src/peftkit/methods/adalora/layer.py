@@ -107,6 +107,12 @@ class AdaLoraLinear(LowRankLayer):
         eye = torch.eye(A.shape[0], device=A.device, dtype=A.dtype)
         return (B.T @ B - eye).pow(2).sum() + (A @ A.T - eye).pow(2).sum()
 
+    def orthogonality_norms(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(||Q Q^T - I||_F, ||P^T P - I||_F)``: peft's terms (not squared)."""
+        A, B = self.lora_A[name], self.lora_B[name]  # (r, d_in), (d_out, r)
+        eye = torch.eye(A.shape[0], device=A.device, dtype=A.dtype)
+        return torch.linalg.matrix_norm(A @ A.T - eye), torch.linalg.matrix_norm(B.T @ B - eye)
+
     # ---- allocation ------------------------------------------------------------------------------
     def update_importance(self, name: str, beta1: float, beta2: float) -> None:
         tensors = {"A": self.lora_A[name], "E": self.lora_E[name], "B": self.lora_B[name]}

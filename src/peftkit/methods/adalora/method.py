@@ -9,10 +9,19 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from ...default_targets import ADALORA as DEFAULT_TARGETS
 from ...errors import ConfigError
 from ...figures import Heatmap
 from ...registry import LayerMethod, register_method
-from .allocation import allocate, budget_for, orthogonal_penalty, rank_map, start_schedule
+from .allocation import (
+    allocate,
+    budget_for,
+    orthogonal_penalty,
+    peft_orthogonal_penalty,
+    rank_map,
+    schedule_started,
+    start_schedule,
+)
 from .config import AdaLoraConfig
 from .layer import AdaLoraLinear
 
@@ -22,6 +31,7 @@ PEFT_LORA_FIELDS = {"r": None, "init_lora_weights": (True,), "bias": ("none",), 
 
 @register_method("adalora", config=AdaLoraConfig, peft_type="ADALORA")
 class AdaLoraMethod(LayerMethod):
+    default_targets = DEFAULT_TARGETS
     layer_types = {nn.Linear: AdaLoraLinear, Conv1D: AdaLoraLinear}
 
     def before_training(
@@ -51,6 +61,25 @@ class AdaLoraMethod(LayerMethod):
         self, model: nn.Module, config: AdaLoraConfig, adapter_name: str, step: int
     ) -> None:
         allocate(model, config, adapter_name, step)
+
+    def start_schedule(self, model: nn.Module, config: AdaLoraConfig, adapter_name: str) -> None:
+        """peft's loop (``update_and_allocate``): the budget runs over the config's ``total_step``."""
+        if config.total_step is None:
+            raise ConfigError(
+                "total_step",
+                "AdaLoRA needs total_step (the number of optimizer steps) outside peftkit's trainer",
+            )
+        if not schedule_started(model, adapter_name):
+            self.before_training(model, config, adapter_name, config.total_step)
+
+    def forward_loss(self, model: nn.Module, config: AdaLoraConfig, adapter_name: str) -> torch.Tensor | None:
+        """peft's form of the orthogonality penalty, which its AdaLoRA model adds to the forward's loss:
+        ``orth_reg_weight`` times the mean over every ``P`` and ``Q`` of ``||P^T P - I||_F`` (not squared;
+        :meth:`regularization_loss`, peftkit's trainer's term, is eq. 4 of the paper: squared and summed)."""
+        if config.orth_reg_weight == 0:
+            return None
+        penalty = peft_orthogonal_penalty(model, adapter_name)
+        return None if penalty is None else config.orth_reg_weight * penalty
 
     def figures(self, model: nn.Module, config: AdaLoraConfig, adapter_name: str) -> list[Heatmap]:
         rows, cols, grid = rank_map(model, adapter_name)

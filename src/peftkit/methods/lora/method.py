@@ -9,6 +9,8 @@ from typing import Any
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from ...default_targets import LORA as DEFAULT_TARGETS
+from ...errors import ConfigError
 from ...layer import adapter_layers
 from ...registry import LayerMethod, register_method
 from .config import LoraConfig
@@ -17,6 +19,7 @@ from .layer import LoraEmbedding, LoraLinear
 
 @register_method("lora", config=LoraConfig, peft_type="LORA")
 class LoraMethod(LayerMethod):
+    default_targets = DEFAULT_TARGETS
     layer_types = {nn.Linear: LoraLinear, Conv1D: LoraLinear, nn.Embedding: LoraEmbedding}
 
     def extra_trainable(self, model: nn.Module, config: LoraConfig, targets: list[str]) -> list[str]:
@@ -34,6 +37,17 @@ class LoraMethod(LayerMethod):
                 if getattr(model.get_submodule(t).base, "bias", None) is not None
             ]
         return []
+
+    def check_new_adapter(self, config: LoraConfig, existing: dict[str, Any]) -> None:
+        """peft trains the base's biases for one LoRA adapter at most: two would share (and fight over) them."""
+        with_bias = [n for n, c in existing.items() if isinstance(c, LoraConfig) and c.bias != "none"]
+        if with_bias and config.bias != "none":
+            raise ConfigError(
+                "bias",
+                f"LoraModel supports only 1 adapter with bias ({with_bias[0]!r} has bias="
+                f"{existing[with_bias[0]].bias!r}). When using multiple adapters, set bias to 'none' for all "
+                "adapters except one.",
+            )
 
     def to_peft_dict(self, config: LoraConfig, model: nn.Module, targets: list[str]) -> dict[str, Any]:
         data = super().to_peft_dict(config, model, targets)

@@ -2,7 +2,9 @@
 any positions of a template."""
 
 from .config import PTuningConfig
+
+PromptEncoderConfig = PTuningConfig  # peft's name of the P-tuning config (its fields are peft's)
 from .layer import PromptEncoder, render_template
 from .method import PTuningMethod
 
-__all__ = ["PTuningConfig", "PTuningMethod", "PromptEncoder", "render_template"]
+__all__ = ["PTuningConfig", "PromptEncoderConfig", "PTuningMethod", "PromptEncoder", "render_template"]
