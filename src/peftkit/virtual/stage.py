@@ -87,10 +87,11 @@ class VirtualTokenStage(nn.ModuleDict):
 
 
 def batch_size(args: tuple, kwargs: dict[str, Any]) -> int | None:
-    """The number of rows of a forward, read from its input ids or embeddings (None: no such input)."""
-    ref = kwargs.get("input_ids")
-    if ref is None:
-        ref = kwargs.get("inputs_embeds")
-    if ref is None and args:
-        ref = args[0]
-    return ref.shape[0] if isinstance(ref, torch.Tensor) else None
+    """The number of rows of a forward, read from its input ids or embeddings, else its attention mask or
+    decoder inputs (an encoder-decoder's later decoding steps pass ``encoder_outputs`` and no input ids);
+    None: no such input."""
+    for key in ("input_ids", "inputs_embeds", "attention_mask", "decoder_input_ids", "decoder_inputs_embeds"):
+        ref = kwargs.get(key)
+        if isinstance(ref, torch.Tensor):
+            return ref.shape[0]
+    return args[0].shape[0] if args and isinstance(args[0], torch.Tensor) else None
