@@ -67,7 +67,7 @@ from .task_models import (
     PeftModelForSequenceClassification,
     PeftModelForTokenClassification,
 )
-from .tuner import TunerModel
+from .tuner import TunerModel, inject_adapter_in_model
 
 _register_with_trainers()  # transformers' Trainer and TRL treat peftkit models as PEFT models
 
@@ -100,6 +100,7 @@ __all__ = [
     "get_model_status",
     "get_peft_config",
     "get_peft_model_state_dict",
+    "inject_adapter_in_model",
     "load_peft_weights",
     "prepare_model_for_kbit_training",
     "set_base_model_state_dict",

@@ -68,8 +68,8 @@ class PeftModel(nn.Module):
     Calls and attributes the wrapper does not define pass through to the tuner model and from there to the
     wrapped model, so it stands in for it (``generate``, ``config``, a ``transformers.Trainer``).
     ``autocast_adapter_dtype`` is peft's: adapters on a half-precision base are kept in float32 (peftkit
-    always does; ``False`` is refused). ``low_cpu_mem_usage=True`` is refused: peftkit builds adapter weights
-    on the base's device.
+    always does; ``False`` is refused). ``low_cpu_mem_usage=True`` puts the new adapter's weights on the meta
+    device (for weights loaded next, as peft).
     """
 
     head_names: ClassVar[tuple[str, ...]] = ()  # new task heads trained and saved with every adapter
@@ -85,7 +85,7 @@ class PeftModel(nn.Module):
     ):
         super().__init__()
         _check_unwrapped(model)
-        _check_peft_options(autocast_adapter_dtype, low_cpu_mem_usage)
+        _check_autocast(autocast_adapter_dtype)
         stage = VirtualTokenStage()  # the virtual-token stage (peft's attribute name: prompt_encoder)
         self.base_model = TunerModel(model, stage)
         self.prompt_encoder = stage
@@ -93,7 +93,7 @@ class PeftModel(nn.Module):
         for p in model.parameters():
             p.requires_grad_(False)
         try:
-            self.add_adapter(adapter_name, peft_config)
+            self.add_adapter(adapter_name, peft_config, low_cpu_mem_usage)
             self.set_adapter(adapter_name)
         except BaseException:
             _restore_flags(trainable)  # add_adapter took its own changes back
@@ -173,10 +173,11 @@ class PeftModel(nn.Module):
         autocast_adapter_dtype: bool = True,
     ) -> None:
         """Add an adapter (not made active: call :meth:`set_adapter`). All or nothing: when adding fails,
-        the model is left as it was. A task class adds its new head to ``modules_to_save`` (as peft)."""
-        _check_peft_options(autocast_adapter_dtype, low_cpu_mem_usage)
+        the model is left as it was. A task class adds its new head to ``modules_to_save`` (as peft).
+        ``low_cpu_mem_usage``: the weights go on the meta device, to be loaded (``load_adapter_state_dict``)."""
+        _check_autocast(autocast_adapter_dtype)
         self._add_heads(peft_config)
-        self.base_model.add_adapter(adapter_name, peft_config)
+        self.base_model.add_adapter(adapter_name, peft_config, low_cpu_mem_usage)
 
     def _add_heads(self, config: PeftConfig) -> None:
         """The task's new head (``classifier``, ``score``, ``qa_outputs``) trains and is saved with the
@@ -392,6 +393,7 @@ class PeftModel(nn.Module):
     def load_adapter_state_dict(self, adapter_name: str, state: dict[str, torch.Tensor]) -> None:
         """Inverse of :meth:`adapter_state_dict`: every key must land, every adapter tensor be given."""
         prefix = get_method(self.peft_config[adapter_name]).key_prefix
+        self.base_model.materialize(adapter_name)  # weights made on the meta device (low_cpu_mem_usage)
         state = self.prompt_encoder.load_adapter_state_dict(adapter_name, state)
         self.base_model.refresh_trainable()  # loading bakes a reparametrisation into new parameters
         bad = [k for k in state if not k.startswith(prefix)]
@@ -520,7 +522,7 @@ class PeftModel(nn.Module):
     ) -> LoadResult:
         """Load a saved adapter under ``adapter_name`` (not made active). A name the model already holds gets
         the saved weights (as peft: ``transformers.Trainer`` reloads its best checkpoint this way)."""
-        _check_peft_options(autocast_adapter_dtype, low_cpu_mem_usage)
+        _check_autocast(autocast_adapter_dtype)
         device = _load_device({**kwargs, "torch_device": torch_device})
         if adapter_name in self.peft_config:
             _, state = _read_adapter(self.get_base_model(), model_id, True, allow_pickle, ignore_mismatch)
@@ -529,7 +531,7 @@ class PeftModel(nn.Module):
             config, state = _read_adapter(
                 self.get_base_model(), model_id, is_trainable, allow_pickle, ignore_mismatch
             )
-            self.add_adapter(adapter_name, config)
+            self.add_adapter(adapter_name, config, low_cpu_mem_usage)
             try:
                 self.load_adapter_state_dict(adapter_name, _to(state, device))
             except Exception:
@@ -547,15 +549,11 @@ class PeftModel(nn.Module):
         return push_folder(self, repo_id, **kwargs)
 
 
-def _check_peft_options(autocast_adapter_dtype: bool, low_cpu_mem_usage: bool) -> None:
+def _check_autocast(autocast_adapter_dtype: bool) -> None:
     if autocast_adapter_dtype is not True:
         raise ConfigError(
             "autocast_adapter_dtype",
             "peftkit keeps adapters on half-precision bases in float32; False is not taken",
-        )
-    if low_cpu_mem_usage:
-        raise ConfigError(
-            "low_cpu_mem_usage", "peftkit builds adapter weights on the base's device; True is not supported"
         )
 
 

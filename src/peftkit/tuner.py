@@ -24,6 +24,7 @@ from .errors import AdapterError
 from .figures import Heatmap
 from .layer import AdapterLayer, adapter_layers, get_parent
 from .modules_to_save import wrap_modules_to_save
+from .nn_types import module_device
 from .quantization import dequantize_model, quantized_layers
 from .registry import get_method
 from .rows import BASE_ROW
@@ -80,9 +81,10 @@ class TunerModel(nn.Module):
         return list(dict.fromkeys(n for _, layer in self.layers() for n in layer.merged))
 
     # ---- adding and removing -----------------------------------------------------------------------
-    def add_adapter(self, adapter_name: str, config: PeftConfig) -> None:
+    def add_adapter(self, adapter_name: str, config: PeftConfig, low_cpu_mem_usage: bool = False) -> None:
         """Add an adapter (not made active: call :meth:`set_adapter`). All or nothing: when adding fails,
-        the model is left as it was."""
+        the model is left as it was. ``low_cpu_mem_usage``: its weights go on the meta device (no memory, no
+        values), for weights loaded next (loading gives them storage)."""
         if adapter_name in self.peft_config:
             raise AdapterError(
                 f"adapter {adapter_name!r} exists; delete_adapter() it first or choose another name"
@@ -98,6 +100,8 @@ class TunerModel(nn.Module):
         get_method(config).check_new_adapter(config, self.peft_config)
         try:
             self._add(adapter_name, config)
+            if low_cpu_mem_usage:
+                self._to_meta(adapter_name)
         except BaseException:
             self._remove(adapter_name)
             self.set_adapter(self.active_adapters)
@@ -116,6 +120,19 @@ class TunerModel(nn.Module):
         for _, layer in self.layers():
             layer.set_active(self.active_adapters)
         self.refresh_trainable()
+
+    def _to_meta(self, adapter_name: str) -> None:
+        for _, layer in self.layers():
+            if adapter_name in layer.adapter_names():
+                layer.to_meta(adapter_name)
+        self.stage.to_meta(adapter_name)
+
+    def materialize(self, adapter_name: str) -> None:
+        """Storage for an adapter's meta tensors (``low_cpu_mem_usage``), before its weights are loaded."""
+        for _, layer in self.layers():
+            if adapter_name in layer.adapter_names():
+                layer.materialize(adapter_name)
+        self.stage.materialize(adapter_name, module_device(self.model))
 
     def delete_adapter(self, adapter_name: str) -> None:
         """Delete an adapter; the remaining active ones stay active (else the first remaining one)."""
@@ -341,3 +358,25 @@ class TunerModel(nn.Module):
             for name, config in self.peft_config.items()
             for fig in get_method(config).figures(self.model, config, name)
         ]
+
+
+def inject_adapter_in_model(
+    peft_config: PeftConfig,
+    model: nn.Module,
+    adapter_name: str = "default",
+    low_cpu_mem_usage: bool = False,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> nn.Module:
+    """peft's low-level function: add an adapter's layers to ``model`` in place (made active, the only
+    trainable parameters) and return ``model``, with no wrapper around it. Virtual-token methods need the
+    wrapper's stage and are refused; so is ``state_dict`` (targets come from the config)."""
+    from .errors import ConfigError
+
+    if peft_config.is_prompt_learning:
+        raise ConfigError("peft_config", f"{type(peft_config).__name__} adds virtual tokens: use get_peft_model")
+    if state_dict is not None:
+        raise ConfigError("state_dict", "peftkit finds targets from the config's target_modules; leave it None")
+    tuner = TunerModel(model, VirtualTokenStage())
+    tuner.add_adapter(adapter_name, peft_config, low_cpu_mem_usage)
+    tuner.set_adapter(adapter_name)
+    return model

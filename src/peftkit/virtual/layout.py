@@ -55,7 +55,7 @@ class Transformed:
 
 
 def transform_inputs(
-    model: nn.Module, kwargs: dict[str, Any], rows: list[InputAdapter | None]
+    model: nn.Module, kwargs: dict[str, Any], rows: list[InputAdapter | None], index_positions: bool = False
 ) -> Transformed:
     """Place each row's virtual tokens; ``rows[i]`` is row ``i``'s adapter, or None (no virtual tokens).
 
@@ -87,7 +87,8 @@ def transform_inputs(
     mask = mask.to(device)
     given = kwargs.get("position_ids")
     if given is None:
-        given = _default_positions(mask, length, [a is not None for a in rows])
+        adapted = [a is not None and not index_positions for a in rows]
+        given = _default_positions(mask, length, adapted)
     shift = torch.tensor([e + k for e, k in zip(emb_len, kv_len, strict=True)], device=device)[:, None]
     positions = given.to(device) + shift  # (B, L): real tokens come after the row's virtual ones
     kwargs.pop("cache_position", None)  # recomputed by the model from the cache length
@@ -323,19 +324,26 @@ def _decoder_length(kwargs: dict[str, Any]) -> int:
     raise AdapterError("a prefix on an encoder-decoder needs decoder_input_ids (or labels) in the forward")
 
 
-def forward_with_virtual_tokens(model: nn.Module, args: tuple, kwargs: dict, rows: list[InputAdapter | None]):
+def forward_with_virtual_tokens(
+    model: nn.Module, args: tuple, kwargs: dict, rows: list[InputAdapter | None], peft_forward: bool = False
+):
     """Call ``model`` with each row's virtual tokens in place; logits come back for the real positions
-    only (the prepended slots are cut), so they line up with ``input_ids`` and ``labels`` as without."""
+    only (the prepended slots are cut), so they line up with ``input_ids`` and ``labels`` as without.
+
+    ``peft_forward``: peft's forward instead, positions ``0 .. V + L - 1`` in every row whatever its mask,
+    and a causal LM's logits for the virtual positions too (one virtual length per batch)."""
     if args:
         names = list(inspect.signature(model.forward).parameters)
         kwargs = {**dict(zip(names, args)), **kwargs}
     keep = kwargs.get("logits_to_keep") or 0  # decoding asks for the last position's logits only
-    done = transform_inputs(model, kwargs, rows)
+    done = transform_inputs(model, kwargs, rows, index_positions=peft_forward)
+    if peft_forward and done.packed:
+        raise AdapterError("peft_forward needs one number of virtual tokens for every row of the batch")
     if keep and done.packed:  # rows end in unused slots: gather the real positions first, then keep
         done.kwargs.pop("logits_to_keep")
     out = model(**done.kwargs)
     logits = getattr(out, "logits", None)
-    if done.starts is None or not isinstance(logits, torch.Tensor) or logits.dim() != 3:
+    if done.starts is None or not isinstance(logits, torch.Tensor) or logits.dim() != 3 or peft_forward:
         return out
     if keep and not done.packed:  # virtual slots sit in front: the kept positions are real tokens
         return out
