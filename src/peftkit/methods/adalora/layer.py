@@ -101,17 +101,11 @@ class AdaLoraLinear(LowRankLayer):
         delta = self.lora_B[name] @ (self.lora_A[name] * self.lora_E[name]) * self.scaling[name]
         return self.orient(delta)  # (d_out, d_in) in base.weight's layout
 
-    def orthogonality(self, name: str) -> torch.Tensor:
-        """``||P^T P - I||_F^2 + ||Q Q^T - I||_F^2`` (eq. 4): keeps P and Q near-orthogonal."""
+    def orthogonality(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(P^T P - I, Q Q^T - I)``, each ``(r, r)``: how far P and Q are from orthogonal (eq. 4)."""
         A, B = self.lora_A[name], self.lora_B[name]  # (r, d_in), (d_out, r)
         eye = torch.eye(A.shape[0], device=A.device, dtype=A.dtype)
-        return (B.T @ B - eye).pow(2).sum() + (A @ A.T - eye).pow(2).sum()
-
-    def orthogonality_norms(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(||Q Q^T - I||_F, ||P^T P - I||_F)``: peft's terms (not squared)."""
-        A, B = self.lora_A[name], self.lora_B[name]  # (r, d_in), (d_out, r)
-        eye = torch.eye(A.shape[0], device=A.device, dtype=A.dtype)
-        return torch.linalg.matrix_norm(A @ A.T - eye), torch.linalg.matrix_norm(B.T @ B - eye)
+        return B.T @ B - eye, A @ A.T - eye
 
     # ---- allocation ------------------------------------------------------------------------------
     def update_importance(self, name: str, beta1: float, beta2: float) -> None:

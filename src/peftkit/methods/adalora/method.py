@@ -17,7 +17,6 @@ from .allocation import (
     allocate,
     budget_for,
     orthogonal_penalty,
-    peft_orthogonal_penalty,
     rank_map,
     schedule_started,
     start_schedule,
@@ -54,7 +53,7 @@ class AdaLoraMethod(LayerMethod):
     ) -> torch.Tensor | None:
         if config.orth_reg_weight == 0:
             return None
-        penalty = orthogonal_penalty(model, adapter_name)
+        penalty = orthogonal_penalty(model, adapter_name, config.orth_reg_form)
         return None if penalty is None else config.orth_reg_weight * penalty
 
     def after_optimizer_step(
@@ -74,11 +73,12 @@ class AdaLoraMethod(LayerMethod):
 
     def forward_loss(self, model: nn.Module, config: AdaLoraConfig, adapter_name: str) -> torch.Tensor | None:
         """peft's form of the orthogonality penalty, which its AdaLoRA model adds to the forward's loss:
-        ``orth_reg_weight`` times the mean over every ``P`` and ``Q`` of ``||P^T P - I||_F`` (not squared;
-        :meth:`regularization_loss`, peftkit's trainer's term, is eq. 4 of the paper: squared and summed)."""
+        ``orth_reg_weight`` times the mean over every ``P`` and ``Q`` of ``||P^T P - I||_F`` (not squared),
+        whatever ``orth_reg_form`` says: that form is the term peftkit's trainer adds
+        (:meth:`regularization_loss`), which switches this one off."""
         if config.orth_reg_weight == 0:
             return None
-        penalty = peft_orthogonal_penalty(model, adapter_name)
+        penalty = orthogonal_penalty(model, adapter_name, "peft")
         return None if penalty is None else config.orth_reg_weight * penalty
 
     def figures(self, model: nn.Module, config: AdaLoraConfig, adapter_name: str) -> list[Heatmap]:
@@ -93,6 +93,7 @@ class AdaLoraMethod(LayerMethod):
         data.update(
             r=8, init_lora_weights=True, bias="none", use_rslora=False, use_dora=False, lora_bias=False
         )
+        data.pop("orth_reg_form", None)  # how training regularised: peft's config has no such field
         data["fan_in_fan_out"] = any(isinstance(model.get_submodule(t).base, Conv1D) for t in targets)
         if config.rank_pattern and all(all(kept) for kept in config.rank_pattern.values()):
             data["rank_pattern"] = None  # nothing pruned: tensors are saved at init_r
