@@ -448,8 +448,8 @@ def test_bad_configs_fail_clearly():
         PrefixTuningConfig(target_modules=["q_proj"])
     with pytest.raises(ConfigError, match="encoder_reparameterization_type"):
         PTuningConfig(encoder_reparameterization_type="GRU")
-    with pytest.raises(TargetError, match="encoder-decoder"):
-        peftkit.get_peft_model(build("t5"), PrefixTuningConfig(num_virtual_tokens=2))
+    with pytest.raises(ConfigError, match="prefix_init"):  # it reads a decoder-only model's cache
+        peftkit.get_peft_model(build("t5"), PrefixTuningConfig(num_virtual_tokens=2, prefix_init="SAMPLE_VOCAB"))
     with pytest.raises(TargetError, match="transformers"):
         peftkit.get_peft_model(build("mlp"), PromptTuningConfig(num_virtual_tokens=2))
     model = peftkit.get_peft_model(build("llama"), PromptTuningConfig(num_virtual_tokens=2))

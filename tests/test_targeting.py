@@ -74,8 +74,13 @@ def test_layer_index():
 def test_no_match_lists_candidates():
     with pytest.raises(TargetError, match=r"matched no module.*q_proj"):
         targets("llama", target_modules=["query"])
-    with pytest.raises(TargetError, match="target_modules is not set"):
-        targets("llama")
+    with pytest.raises(TargetError, match="Please specify `target_modules`"):  # no default for a plain module
+        get_peft_model(build("mlp"), LoraConfig(r=2))
+
+
+def test_without_target_modules_peft_s_default_for_the_architecture():
+    assert targets("llama") == [f"model.layers.{i}.self_attn.{m}_proj" for i in range(2) for m in "qv"]
+    assert targets("gpt2") == [f"transformer.h.{i}.attn.c_attn" for i in range(2)]
 
 
 def test_each_unmatched_entry_is_reported():

@@ -91,7 +91,7 @@ def _check(model, adapters: list[str], weights: list[float], how: str, svd_rank:
     check_finite("weights", list(weights))
     if how == "svd" and (not isinstance(svd_rank, int) or svd_rank <= 0):
         raise ConfigError("svd_rank", f"the svd combination needs a positive target rank, got {svd_rank!r}")
-    model._check_known(adapters)
+    model.check_known(adapters)
     for name in adapters:
         config = model.peft_config[name]
         if not isinstance(config, LoraConfig):
