@@ -80,7 +80,11 @@ def test_save_load_round_trip(case, tmp_path):
     inputs = make_inputs(case.kind, seed=5)
     expected = logits(model, inputs)
     model.save_pretrained(tmp_path, adapter_names=["default"])
-    assert {p.name for p in tmp_path.iterdir()} == {"adapter_config.json", "adapter_model.safetensors", "README.md"}
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "README.md",
+    }
     loaded = case.load(build(case.kind), tmp_path)
     torch.testing.assert_close(logits(loaded, inputs), expected, atol=ATOL, rtol=1e-4)
     assert not any(p.requires_grad for p in loaded.parameters()), "loaded for inference must be frozen"

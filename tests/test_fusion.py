@@ -90,7 +90,12 @@ def test_saved_apart_and_loaded_by_name(tmp_path):
     inputs = make_inputs("bert", seed=4)
     expected = logits(model, inputs)
     model.save_pretrained(tmp_path)
-    assert {p.name for p in tmp_path.iterdir()} == {"sst2", "e2e", "f", "README.md"}  # one folder each, a card
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "sst2",
+        "e2e",
+        "f",
+        "README.md",
+    }  # one folder each, a card
     fusion_keys = set(load_file(tmp_path / "f" / "adapter_model.safetensors"))
     assert fusion_keys and all(".fusion." in k for k in fusion_keys)
     assert not any(".value." in k for k in fusion_keys), "static fusion has no value matrix"

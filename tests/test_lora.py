@@ -45,7 +45,10 @@ def test_rslora_and_patterns_set_scaling_per_module():
         alpha_pattern={r"layers\.1\.self_attn\.q_proj": 3},
     )
     model = get_peft_model(build("llama"), cfg)
-    attn0, attn1 = model.get_base_model().model.layers[0].self_attn, model.get_base_model().model.layers[1].self_attn
+    attn0, attn1 = (
+        model.get_base_model().model.layers[0].self_attn,
+        model.get_base_model().model.layers[1].self_attn,
+    )
     assert attn0.q_proj.scaling["default"] == pytest.approx(8 / math.sqrt(4))
     assert attn0.v_proj.scaling["default"] == pytest.approx(8 / math.sqrt(2))
     assert attn0.v_proj.lora_A["default"].out_features == 2

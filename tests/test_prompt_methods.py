@@ -449,7 +449,9 @@ def test_bad_configs_fail_clearly():
     with pytest.raises(ConfigError, match="encoder_reparameterization_type"):
         PTuningConfig(encoder_reparameterization_type="GRU")
     with pytest.raises(ConfigError, match="prefix_init"):  # it reads a decoder-only model's cache
-        peftkit.get_peft_model(build("t5"), PrefixTuningConfig(num_virtual_tokens=2, prefix_init="SAMPLE_VOCAB"))
+        peftkit.get_peft_model(
+            build("t5"), PrefixTuningConfig(num_virtual_tokens=2, prefix_init="SAMPLE_VOCAB")
+        )
     with pytest.raises(TargetError, match="transformers"):
         peftkit.get_peft_model(build("mlp"), PromptTuningConfig(num_virtual_tokens=2))
     model = peftkit.get_peft_model(build("llama"), PromptTuningConfig(num_virtual_tokens=2))

@@ -65,8 +65,8 @@ class AutoPeftModel:
         if not base_path:
             raise ConfigError(
                 "base_model_name_or_path",
-                f"{pretrained_model_name_or_path}: adapter_config.json names no base model; load the base yourself "
-                "and use PeftModel.from_pretrained(base, path)",
+                f"{pretrained_model_name_or_path}: adapter_config.json names no base model; load the base "
+                "yourself and use PeftModel.from_pretrained(base, path)",
             )
         options = {k: kwargs.pop(k) for k in PEFTKIT_OPTIONS if k in kwargs}
         base = cls._base_class(saved, Path(pretrained_model_name_or_path)).from_pretrained(
@@ -86,21 +86,21 @@ class AutoPeftModel:
             if task is not None and task != expected:
                 raise ConfigError(
                     "task_type",
-                    f"the adapter is for task_type={task!r}, {cls.__name__} loads {expected!r} adapters; use the "
-                    "auto class of that task",
+                    f"the adapter is for task_type={task!r}, {cls.__name__} loads {expected!r} adapters; "
+                    "use the auto class of that task",
                 )
             return getattr(transformers, cls.target_class)
         if task is not None:
             raise ConfigError(
                 "task_type",
-                f"Cannot use `AutoPeftModel` with a task type ({task!r}), please use a specific class for your "
-                "task type (AutoPeftModelForCausalLM, ...)",
+                f"Cannot use `AutoPeftModel` with a task type ({task!r}), please use a specific class for "
+                "your task type (AutoPeftModelForCausalLM, ...)",
             )
         return _mapped_class(folder)
 
 
 def _mapped_class(folder: Path) -> Any:
-    """The base class an adapter without a task type recorded (``auto_mapping``); transformers classes only."""
+    """The base class an adapter without a task type recorded (``auto_mapping``): transformers' only."""
     from .checkpoint import read_config
 
     mapping = read_config(folder).get("auto_mapping") or {}
@@ -108,8 +108,8 @@ def _mapped_class(folder: Path) -> Any:
     if not name or not (library == "transformers" or library.startswith("transformers.")):
         raise ConfigError(
             "auto_mapping",
-            f"{folder}: Cannot infer the auto class from the config (auto_mapping {mapping!r}: a transformers "
-            "class is needed); load the base yourself and use PeftModel.from_pretrained",
+            f"{folder}: Cannot infer the auto class from the config (auto_mapping {mapping!r}: a "
+            "transformers class is needed); load the base yourself and use PeftModel.from_pretrained",
         )
     return getattr(importlib.import_module(library), name)
 

@@ -159,7 +159,7 @@ def write_adapter(
 
 
 def unaliased(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Tensors sharing storage (tied weights, a bias saved twice) cloned apart: safetensors refuses aliases."""
+    """Tensors sharing storage (tied weights, a bias saved twice) cloned apart: safetensors refuses them."""
     seen: set[int] = set()
     out = {}
     for key, value in tensors.items():

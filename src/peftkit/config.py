@@ -262,9 +262,10 @@ def check_size(field: str, value: int, limit: int, module_name: str, why: str) -
 
 
 def check_rank(field: str, r: int, d_in: int, d_out: int, module_name: str) -> None:
-    """A low-rank factorisation ``B A`` of a ``d_out x d_in`` layer: ``rank(B A) <= min(d_in, d_out)``, but a
-    larger ``r`` is accepted (peft takes it; it only adds nothing) up to the wider side, and up to twice the
-    narrow side (PiSSA saves rank ``2 r``). Beyond both, the config is refused before anything is allocated."""
+    """A low-rank factorisation ``B A`` of a ``d_out x d_in`` layer: ``rank(B A) <= min(d_in, d_out)``, but
+    a larger ``r`` is accepted (peft takes it; it only adds nothing) up to the wider side, and up to twice
+    the narrow side (PiSSA saves rank ``2 r``). Beyond both, the config is refused before anything is
+    allocated."""
     full = min(d_in, d_out)
     limit = max(2 * full, d_in, d_out)
     why = (

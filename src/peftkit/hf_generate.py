@@ -11,9 +11,10 @@
   ``output_scores=True``: each step's processed scores, greedy and sampling).
 * Without ``attention_mask`` the mask is inferred from ``pad_token_id`` as ``transformers`` does.
 
-peftkit's own keywords pass through: ``adapter_names``, ``config`` (a :class:`~peftkit.decoding.DecodingConfig`,
-which replaces every default), ``strategy``, ``seed``, ``stop_strings``, ``tokenizer``, ``streamer``,
-``logits_hook``, ``return_output``. Anything else (a logits processor, ``typical_p``, ...) is refused by name.
+peftkit's own keywords pass through: ``adapter_names``, ``config`` (a
+:class:`~peftkit.decoding.DecodingConfig`, which replaces every default), ``strategy``, ``seed``,
+``stop_strings``, ``tokenizer``, ``streamer``, ``logits_hook``, ``return_output``. Anything else (a logits
+processor, ``typical_p``, ...) is refused by name.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ HF_DEFAULTS = {"max_length": 20, "top_k": 50}
 # peftkit's own keywords
 PEFTKIT_DECODING = ("strategy", "seed", "stop_strings")
 ENGINE_ONLY = ("tokenizer", "streamer", "logits_hook", "adapter_names")
-# generation-config fields that change outputs and that peftkit's engine does not implement, with their no-op values
+# generation-config fields that change outputs, which peftkit's engine lacks, with their no-op values
 UNSUPPORTED_CONFIG = {
     "typical_p": 1.0,
     "min_p": None,

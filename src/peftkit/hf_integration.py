@@ -1,4 +1,4 @@
-"""``transformers.Trainer`` (and TRL's ``SFTTrainer``) treat a peftkit :class:`~peftkit.PeftModel` as a PEFT model.
+"""``transformers.Trainer`` and TRL's ``SFTTrainer`` treat a peftkit :class:`~peftkit.PeftModel` as peft's.
 
 Those trainers recognise adapter models by one check, ``isinstance(model, peft.PeftModel)`` (transformers'
 ``_is_peft_model``, accelerate's ``is_peft_model``, the classes whose ``save_pretrained`` transformers calls),

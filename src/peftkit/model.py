@@ -174,7 +174,7 @@ class PeftModel(nn.Module):
     ) -> None:
         """Add an adapter (not made active: call :meth:`set_adapter`). All or nothing: when adding fails,
         the model is left as it was. A task class adds its new head to ``modules_to_save`` (as peft).
-        ``low_cpu_mem_usage``: the weights go on the meta device, to be loaded (``load_adapter_state_dict``)."""
+        ``low_cpu_mem_usage``: the weights go on the meta device, to be loaded next."""
         _check_autocast(autocast_adapter_dtype)
         self._add_heads(peft_config)
         self.base_model.add_adapter(adapter_name, peft_config, low_cpu_mem_usage)
@@ -442,11 +442,11 @@ class PeftModel(nn.Module):
         """Save adapters in peft's format: 'default' in the folder itself, others in sub-folders by name,
         with a README.md model card and ``base_model_name_or_path`` in ``adapter_config.json``.
 
-        ``selected_adapters`` (peftkit's older name: ``adapter_names``) picks the adapters; ``safe_serialization
-        =False`` writes ``adapter_model.bin`` (a pickle) instead of safetensors; ``save_embedding_layers`` also
-        saves the base's embedding weights (``"auto"``: when the adapter targets them, as peft);
-        ``is_main_process=False`` writes nothing. ``state_dict=None`` (what ``transformers.Trainer`` passes) is
-        taken; any other argument peft takes is refused by name.
+        ``selected_adapters`` (peftkit's older name: ``adapter_names``) picks the adapters;
+        ``safe_serialization=False`` writes ``adapter_model.bin`` (a pickle) instead of safetensors;
+        ``save_embedding_layers`` also saves the base's embedding weights (``"auto"``: when the adapter
+        targets them, as peft); ``is_main_process=False`` writes nothing. ``state_dict=None`` (what
+        ``transformers.Trainer`` passes) is taken; any other argument peft takes is refused by name.
         """
         names = _selected(self, selected_adapters, adapter_names)
         _check_save_options(path_initial_model_for_weight_conversion, kwargs)
@@ -488,9 +488,10 @@ class PeftModel(nn.Module):
         """Load an adapter saved by peftkit or by ``peft`` onto ``model``, as the task class its config's
         ``task_type`` names (as peft).
 
-        ``config`` replaces the saved config. An adapter saved by peftkit for another base (other architecture,
-        shapes or weights) is refused unless ``ignore_mismatch=True``; a pickled ``adapter_model.bin`` loads
-        only with ``allow_pickle=True``. ``torch_device`` / ``device_map={"": device}`` put the adapter there.
+        ``config`` replaces the saved config. An adapter saved by peftkit for another base (other
+        architecture, shapes or weights) is refused unless ``ignore_mismatch=True``; a pickled
+        ``adapter_model.bin`` loads only with ``allow_pickle=True``. ``torch_device`` /
+        ``device_map={"": device}`` put the adapter there.
         When loading fails, ``model`` is left unwrapped and unchanged.
         """
         device = _load_device(kwargs)
@@ -690,8 +691,8 @@ def get_peft_model(
 ) -> PeftModel:
     """Wrap ``model`` with a new adapter of the method ``peft_config`` belongs to, as the task class its
     ``task_type`` names (``PeftModelForCausalLM``, ...; a plain :class:`PeftModel` without one). ``mixed``
-    (peft's ``PeftMixedModel``) and ``revision`` (a hub revision) are refused: every peftkit model takes adapters
-    of several methods, and bases come from local folders."""
+    (peft's ``PeftMixedModel``) and ``revision`` (a hub revision) are refused: every peftkit model takes
+    adapters of several methods, and bases come from local folders."""
     if mixed:
         raise ConfigError("mixed", "peftkit's PeftModel mixes methods already; leave mixed=False")
     if revision is not None:

@@ -15,7 +15,7 @@ CARD = "README.md"
 
 
 def card_tags(model: Any) -> list[str]:
-    """peft's tags: ``transformers`` for a transformers base, ``lora`` for LoRA, ``base_model:adapter:<name>``."""
+    """peft's tags: ``transformers`` for a transformers base, ``lora`` for LoRA, the base model's name."""
     import transformers
 
     base = model.get_base_model()

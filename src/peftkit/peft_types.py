@@ -1,8 +1,8 @@
 """peft's enums under peft's names: ``TaskType``, ``PeftType``, ``PromptTuningInit`` and
 ``PromptEncoderReparameterizationType``.
 
-Each member is a ``str`` (``TaskType.CAUSAL_LM == "CAUSAL_LM"``), so a config holds either form and
-saves the same JSON. ``PeftType`` lists the methods peftkit shares with peft (peftkit's own methods
+Each member is a ``str`` (``TaskType.CAUSAL_LM == "CAUSAL_LM"``: a ``StrEnum``), so a config holds either
+form and saves the same JSON. ``PeftType`` lists the methods peftkit shares with peft (peftkit's own methods
 have no peft type and save ``peftkit_method`` instead).
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 
 
-class TaskType(str, enum.Enum):
+class TaskType(enum.StrEnum):
     """What the base model does; picks the wrapper class (:data:`peftkit.task_models.TASK_CLASSES`)."""
 
     SEQ_CLS = "SEQ_CLS"
@@ -22,7 +22,7 @@ class TaskType(str, enum.Enum):
     FEATURE_EXTRACTION = "FEATURE_EXTRACTION"
 
 
-class PeftType(str, enum.Enum):
+class PeftType(enum.StrEnum):
     """peft's name of a method, written as ``peft_type`` into ``adapter_config.json``."""
 
     PROMPT_TUNING = "PROMPT_TUNING"
@@ -33,7 +33,7 @@ class PeftType(str, enum.Enum):
     IA3 = "IA3"
 
 
-class PromptTuningInit(str, enum.Enum):
+class PromptTuningInit(enum.StrEnum):
     """How prompt tuning's virtual tokens start (:class:`~peftkit.PromptTuningConfig`)."""
 
     TEXT = "TEXT"
@@ -41,7 +41,7 @@ class PromptTuningInit(str, enum.Enum):
     RANDOM = "RANDOM"
 
 
-class PromptEncoderReparameterizationType(str, enum.Enum):
+class PromptEncoderReparameterizationType(enum.StrEnum):
     """P-tuning's prompt encoder (:class:`~peftkit.PromptEncoderConfig`)."""
 
     MLP = "MLP"

@@ -39,9 +39,9 @@ def get_peft_model_state_dict(
     unwrap_compiled: bool = False,
     save_embedding_layers: bool | str = "auto",
 ) -> dict[str, torch.Tensor]:
-    """Adapter ``adapter_name``'s tensors in peft's keys (``base_model.model.<path>.lora_A.weight``: the adapter
-    name left out), as ``save_pretrained`` writes them. ``state_dict`` (tensors to read instead of the live
-    ones) is refused: peftkit reads the adapter's own tensors."""
+    """Adapter ``adapter_name``'s tensors in peft's keys (``base_model.model.<path>.lora_A.weight``: the
+    adapter name left out), as ``save_pretrained`` writes them. ``state_dict`` (tensors to read instead of
+    the live ones) is refused: peftkit reads the adapter's own tensors."""
     if state_dict is not None:
         raise ConfigError("state_dict", "peftkit reads the adapter's live tensors; pass state_dict=None")
     if unwrap_compiled:
@@ -132,7 +132,8 @@ def _vocab_resized(model: Any, name_or_path: str | None) -> bool:
     if getattr(saved, "vocab_size", None) == getattr(config, "vocab_size", None):
         return False
     warnings.warn(
-        "Setting `save_embedding_layers` to `True` as the embedding layer has been resized during finetuning.",
+        "Setting `save_embedding_layers` to `True` as the embedding layer has been resized during "
+        "finetuning.",
         stacklevel=5,
     )
     return True
@@ -144,7 +145,10 @@ def embedding_tensors(model: Any, wrapped_only: bool = False) -> dict[str, torch
     adapter targets an embedding)."""
     base = model.get_base_model()
     if not hasattr(base, "get_input_embeddings"):
-        warnings.warn("Could not identify embedding layer(s) because the model is not a transformers model.")
+        warnings.warn(
+            "Could not identify embedding layer(s) because the model is not a transformers model.",
+            stacklevel=3,
+        )
         return {}
     out: dict[str, torch.Tensor] = {}
     modules = dict(base.named_modules())

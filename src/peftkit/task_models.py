@@ -69,7 +69,7 @@ class PeftModelForCausalLM(PeftModel):
 
 @task_class(TaskType.SEQ_2_SEQ_LM)
 class PeftModelForSeq2SeqLM(PeftModel):
-    """An encoder-decoder language model with adapters; ``generate`` takes keyword arguments only, as peft's."""
+    """An encoder-decoder language model with adapters; ``generate`` takes keywords only, as peft's."""
 
     def forward(
         self,
@@ -143,12 +143,12 @@ class _Classifier(PeftModel):
 
 @task_class(TaskType.SEQ_CLS)
 class PeftModelForSequenceClassification(_Classifier):
-    """Sequence classification: the new head (``classifier`` / ``score``) trains and is saved with the adapter."""
+    """Sequence classification: the new head (``classifier`` / ``score``) trains and is saved too."""
 
 
 @task_class(TaskType.TOKEN_CLS)
 class PeftModelForTokenClassification(_Classifier):
-    """Token classification: the new head (``classifier`` / ``score``) trains and is saved with the adapter."""
+    """Token classification: the new head (``classifier`` / ``score``) trains and is saved too."""
 
 
 @task_class(TaskType.QUESTION_ANS)

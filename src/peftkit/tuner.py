@@ -171,7 +171,7 @@ class TunerModel(nn.Module):
         self.refresh_trainable()
 
     def refresh_trainable(self) -> None:
-        """Exactly the active, trainable adapters' parameters require grad (none while layers are disabled)."""
+        """Exactly the active, trainable adapters' parameters require grad (none while disabled)."""
         for p in [*self.model.parameters(), *self.stage.parameters()]:
             p.requires_grad_(False)
         if not self.layers_enabled:
@@ -219,8 +219,8 @@ class TunerModel(nn.Module):
         trained = sorted({c.bias for c in self.peft_config.values() if getattr(c, "bias", "none") != "none"})
         if trained:
             warnings.warn(
-                f"Careful, disabling adapter layers with bias configured to be '{trained[0]}' does not produce "
-                "the same output as the base model would without adaption (the trained biases stay).",
+                f"Careful, disabling adapter layers with bias configured to be '{trained[0]}' does not "
+                "produce the same output as the base model would without adaption (the trained biases stay).",
                 UserWarning,
                 stacklevel=3,
             )
@@ -373,9 +373,13 @@ def inject_adapter_in_model(
     from .errors import ConfigError
 
     if peft_config.is_prompt_learning:
-        raise ConfigError("peft_config", f"{type(peft_config).__name__} adds virtual tokens: use get_peft_model")
+        raise ConfigError(
+            "peft_config", f"{type(peft_config).__name__} adds virtual tokens: use get_peft_model"
+        )
     if state_dict is not None:
-        raise ConfigError("state_dict", "peftkit finds targets from the config's target_modules; leave it None")
+        raise ConfigError(
+            "state_dict", "peftkit finds targets from the config's target_modules; leave it None"
+        )
     tuner = TunerModel(model, VirtualTokenStage())
     tuner.add_adapter(adapter_name, peft_config, low_cpu_mem_usage)
     tuner.set_adapter(adapter_name)

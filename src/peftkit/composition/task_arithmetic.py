@@ -1,5 +1,5 @@
-"""Merging task tensors (peft's ``merge_utils``): the rules ``add_weighted_adapter`` applies to LoRA factors or
-to whole deltas. Each takes ``tensors`` (n of the same shape) and ``weights (n,)`` and returns one tensor.
+"""Merging task tensors (peft's ``merge_utils``): the rules ``add_weighted_adapter`` applies to LoRA factors
+or to whole deltas. Each takes ``tensors`` (n of the same shape) and ``weights (n,)`` and returns one tensor.
 
 * task arithmetic (Ilharco et al. 2023): ``sum w_i T_i``;
 * magnitude pruning: keep each tensor's ``density`` fraction of largest entries, then task arithmetic;
@@ -44,7 +44,10 @@ def random_mask(tensor: torch.Tensor, density: float) -> torch.Tensor:
 def prune(tensors: list[torch.Tensor], density: float, how: Callable) -> torch.Tensor:
     """``(n, ...)``: every tensor pruned by ``how`` (a density of 1 or more keeps everything, as peft)."""
     if density >= 1:
-        warnings.warn(f"The density {density} is greater than or equal to 1, no pruning will be performed.")
+        warnings.warn(
+            f"The density {density} is greater than or equal to 1, no pruning will be performed.",
+            stacklevel=3,
+        )
         return torch.stack(tensors)
     return torch.stack([how(t, density) for t in tensors])
 

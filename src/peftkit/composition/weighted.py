@@ -5,12 +5,12 @@ Every source's scale ``s_i`` is folded in and the new adapter has scale 1 (``lor
 
 * ``linear``, ``ties``, ``dare_linear``, ``dare_ties``, ``magnitude_prune``: the factors are merged
   separately (:mod:`.task_arithmetic`), ``A`` with weights ``sign(w_i) sqrt(|w_i s_i|)`` and ``B`` with
-  ``sqrt(|w_i s_i|)``; one source with weight ``w`` gives exactly ``w dW`` (a negative weight negates), several
-  give cross terms ``B_i A_j``, so this is an approximation. Ranks must be equal.
+  ``sqrt(|w_i s_i|)``; one source with weight ``w`` gives exactly ``w dW`` (a negative weight negates),
+  several give cross terms ``B_i A_j``, so this is an approximation. Ranks must be equal.
 * ``cat``: ranks add, ``A = [w_i s_i A_i; ...]``, ``B = [B_1, ..., B_n]``: exactly ``sum w_i dW_i``.
 * ``svd``, ``ties_svd``, ``dare_linear_svd``, ``dare_ties_svd``, ``magnitude_prune_svd``: the deltas
-  ``dW_i = s_i B_i A_i`` are merged whole, then truncated to ``svd_rank`` (default: the largest source rank) by
-  their top singular triplets, ``B = U S``, ``A = V^T`` (Eckart-Young).
+  ``dW_i = s_i B_i A_i`` are merged whole, then truncated to ``svd_rank`` (default: the largest source
+  rank) by their top singular triplets, ``B = U S``, ``A = V^T`` (Eckart-Young).
 
 One source always combines ``linear``. peftkit's own weighted merge (LoRAHub's weights on both factors) is
 :func:`peftkit.composition.add_weighted_adapter`.

@@ -39,7 +39,7 @@ class LoraMethod(LayerMethod):
         return []
 
     def check_new_adapter(self, config: LoraConfig, existing: dict[str, Any]) -> None:
-        """peft trains the base's biases for one LoRA adapter at most: two would share (and fight over) them."""
+        """peft trains the base's biases for one LoRA adapter at most: two would share (and fight over)."""
         with_bias = [n for n, c in existing.items() if isinstance(c, LoraConfig) and c.bias != "none"]
         if with_bias and config.bias != "none":
             raise ConfigError(

@@ -2,9 +2,9 @@
 any positions of a template."""
 
 from .config import PTuningConfig
-
-PromptEncoderConfig = PTuningConfig  # peft's name of the P-tuning config (its fields are peft's)
 from .layer import PromptEncoder, render_template
 from .method import PTuningMethod
+
+PromptEncoderConfig = PTuningConfig  # peft's name of the P-tuning config (its fields are peft's)
 
 __all__ = ["PTuningConfig", "PromptEncoderConfig", "PTuningMethod", "PromptEncoder", "render_template"]

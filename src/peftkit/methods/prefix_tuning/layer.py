@@ -16,7 +16,9 @@ class PrefixEncoder(ReparametrisedPrompt):
 
     def __init__(self, V: int, layers: int, heads: int, token_dim: int, hidden: int | None):
         self.layers, self.heads, self.head_dim = layers, heads, token_dim // heads
-        self.stored_layer = list(range(layers))  # layer l reads the keys/values stored for layer stored_layer[l]
+        self.stored_layer = list(
+            range(layers)
+        )  # layer l reads the keys/values stored for layer stored_layer[l]
         out = layers * 2 * token_dim
         if hidden is None:
             super().__init__(V, V, out, None, dtype=torch.float32)
@@ -37,7 +39,9 @@ class PrefixEncoder(ReparametrisedPrompt):
         V = self.num_virtual_tokens
         flat = self.encoded()  # (V, layers * 2 * H * hd)
         kv = flat.view(V, self.layers * 2, self.heads, self.head_dim).permute(1, 2, 0, 3)  # (2L, H, V, hd)
-        kv = kv.reshape(self.layers, 2, self.heads, V, self.head_dim)  # stored layer l: keys [l, 0], values [l, 1]
+        kv = kv.reshape(
+            self.layers, 2, self.heads, V, self.head_dim
+        )  # stored layer l: keys [l, 0], values [l, 1]
         return kv[self.stored_layer]
 
     @torch.no_grad()
