@@ -13,6 +13,7 @@ from ...default_targets import ADALORA as DEFAULT_TARGETS
 from ...errors import ConfigError
 from ...figures import Heatmap
 from ...registry import LayerMethod, register_method
+from ..lowrank import check_one_bias, trained_biases
 from .allocation import (
     allocate,
     budget_for,
@@ -25,13 +26,19 @@ from .config import AdaLoraConfig
 from .layer import AdaLoraLinear
 
 # peft's AdaLoraConfig inherits LoraConfig: fields AdaLoRA ignores, with the values it accepts
-PEFT_LORA_FIELDS = {"r": None, "init_lora_weights": (True,), "bias": ("none",), "use_rslora": (False,)}
+PEFT_LORA_FIELDS = {"r": None, "init_lora_weights": (True,), "use_rslora": (False,)}
 
 
 @register_method("adalora", config=AdaLoraConfig, peft_type="ADALORA")
 class AdaLoraMethod(LayerMethod):
     default_targets = DEFAULT_TARGETS
     layer_types = {nn.Linear: AdaLoraLinear, Conv1D: AdaLoraLinear}
+
+    def extra_trainable(self, model: nn.Module, config: AdaLoraConfig, targets: list[str]) -> list[str]:
+        return trained_biases(model, config.bias, targets)
+
+    def check_new_adapter(self, config: AdaLoraConfig, existing: dict[str, Any]) -> None:
+        check_one_bias(config, existing, "AdaLoraModel")
 
     def before_training(
         self, model: nn.Module, config: AdaLoraConfig, adapter_name: str, total_steps: int
@@ -90,9 +97,7 @@ class AdaLoraMethod(LayerMethod):
     # ---- peft's adapter_config.json -----------------------------------------------------------
     def to_peft_dict(self, config: AdaLoraConfig, model: nn.Module, targets: list[str]) -> dict[str, Any]:
         data = super().to_peft_dict(config, model, targets)
-        data.update(
-            r=8, init_lora_weights=True, bias="none", use_rslora=False, use_dora=False, lora_bias=False
-        )
+        data.update(r=8, init_lora_weights=True, use_rslora=False, use_dora=False, lora_bias=False)
         data.pop("orth_reg_form", None)  # how training regularised: peft's config has no such field
         data["fan_in_fan_out"] = any(isinstance(model.get_submodule(t).base, Conv1D) for t in targets)
         if config.rank_pattern and all(all(kept) for kept in config.rank_pattern.values()):

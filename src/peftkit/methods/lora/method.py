@@ -10,9 +10,9 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ...default_targets import LORA as DEFAULT_TARGETS
-from ...errors import ConfigError
 from ...layer import adapter_layers
 from ...registry import LayerMethod, register_method
+from ..lowrank import check_one_bias, trained_biases
 from .config import LoraConfig
 from .layer import LoraEmbedding, LoraLinear
 
@@ -23,31 +23,10 @@ class LoraMethod(LayerMethod):
     layer_types = {nn.Linear: LoraLinear, Conv1D: LoraLinear, nn.Embedding: LoraEmbedding}
 
     def extra_trainable(self, model: nn.Module, config: LoraConfig, targets: list[str]) -> list[str]:
-        if config.bias == "all":  # the base's own biases; a modules_to_save copy trains and saves as a whole
-            skip = (".lora_", ".modules_to_save.", ".original_module.")
-            return [
-                n
-                for n, _ in model.named_parameters()
-                if n.endswith(".bias") and not any(s in f".{n}" for s in skip)
-            ]
-        if config.bias == "lora_only":
-            return [
-                f"{t}.base_layer.bias"
-                for t in targets
-                if getattr(model.get_submodule(t).base, "bias", None) is not None
-            ]
-        return []
+        return trained_biases(model, config.bias, targets)
 
     def check_new_adapter(self, config: LoraConfig, existing: dict[str, Any]) -> None:
-        """peft trains the base's biases for one LoRA adapter at most: two would share (and fight over)."""
-        with_bias = [n for n, c in existing.items() if isinstance(c, LoraConfig) and c.bias != "none"]
-        if with_bias and config.bias != "none":
-            raise ConfigError(
-                "bias",
-                f"LoraModel supports only 1 adapter with bias ({with_bias[0]!r} has bias="
-                f"{existing[with_bias[0]].bias!r}). When using multiple adapters, set bias to 'none' for all "
-                "adapters except one.",
-            )
+        check_one_bias(config, existing, "LoraModel")
 
     def to_peft_dict(self, config: LoraConfig, model: nn.Module, targets: list[str]) -> dict[str, Any]:
         data = super().to_peft_dict(config, model, targets)
