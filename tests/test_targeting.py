@@ -74,13 +74,17 @@ def test_layer_index():
 def test_no_match_lists_candidates():
     with pytest.raises(TargetError, match=r"matched no module.*q_proj"):
         targets("llama", target_modules=["query"])
-    with pytest.raises(TargetError, match="Please specify `target_modules`"):  # no default for a plain module
-        get_peft_model(build("mlp"), LoraConfig(r=2))
+    with pytest.raises(TargetError, match=r"Please specify `target_modules`.*'fc1'"):
+        targets("mlp")  # a plain torch model: no architecture default
 
 
-def test_without_target_modules_peft_s_default_for_the_architecture():
-    assert targets("llama") == [f"model.layers.{i}.self_attn.{m}_proj" for i in range(2) for m in "qv"]
-    assert targets("gpt2") == [f"transformer.h.{i}.attn.c_attn" for i in range(2)]
+def test_default_targets_follow_the_architecture():
+    """peft's per-architecture tables fill a config without target_modules (and are written into it)."""
+    config = LoraConfig(r=2)
+    model = get_peft_model(build("llama"), config)
+    assert config.target_modules == ["q_proj", "v_proj"]
+    assert {t.rsplit(".", 1)[-1] for t in model.targets["default"]} == {"q_proj", "v_proj"}
+    assert {t.rsplit(".", 1)[-1] for t in targets("gpt2")} == {"c_attn"}
 
 
 def test_each_unmatched_entry_is_reported():

@@ -97,7 +97,7 @@ def check_regex(name: str, pattern: str) -> None:
         raise ConfigError(name, f"{pattern!r} is not a valid regular expression ({err})") from err
 
 
-def _check_targets(name: str, value: Targets) -> Targets:
+def check_targets(name: str, value: Targets) -> Targets:
     if isinstance(value, str):
         check_regex(name, value)
         return value
@@ -139,8 +139,8 @@ class PeftConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        self.target_modules = _check_targets("target_modules", self.target_modules)
-        self.exclude_modules = _check_targets("exclude_modules", self.exclude_modules)
+        self.target_modules = check_targets("target_modules", self.target_modules)
+        self.exclude_modules = check_targets("exclude_modules", self.exclude_modules)
         if isinstance(self.layers_to_transform, int):
             self.layers_to_transform = [self.layers_to_transform]
         if self.layers_to_transform is not None and not all(
@@ -150,7 +150,7 @@ class PeftConfig:
                 "layers_to_transform", f"expected non-negative ints, got {self.layers_to_transform!r}"
             )
         if self.modules_to_save is not None:
-            mts = _check_targets("modules_to_save", self.modules_to_save)
+            mts = check_targets("modules_to_save", self.modules_to_save)
             self.modules_to_save = [mts] if isinstance(mts, str) else mts
 
     @classmethod
@@ -250,6 +250,7 @@ __all__ = [
     "check_positive_int",
     "check_range",
     "check_regex",
+    "check_targets",
     "field",
 ]
 

@@ -314,6 +314,8 @@ class PeftModel(nn.Module):
         return self.base_model.add_forward_loss(out)
 
     def _check_mixable(self, adapter_names: list[str], batch: int | None) -> None:
+        """Unknown names and a wrong number of rows are refused here; a merged layer refuses per-row adapters
+        itself (:meth:`AdapterLayer.check_mixable`), so a forward never walks every module."""
         unknown = sorted({n for n in adapter_names if n != BASE_ROW and n not in self.peft_config})
         if unknown:
             raise AdapterError(
@@ -325,11 +327,6 @@ class PeftModel(nn.Module):
                 "Length of `adapter_names` should be the same as the number of inputs, but got "
                 f"{len(adapter_names)} and {batch} respectively (adapter_names has {len(adapter_names)} "
                 f"entries but the batch has {batch} rows)"
-            )
-        if self.base_model.merged_adapters():
-            raise AdapterError(
-                "Cannot pass `adapter_names` when there are merged adapters, please call `unmerge_adapter` "
-                "first (a mixed-adapter batch needs unmerged adapters)"
             )
 
     def generate(self, *args: Any, **kwargs: Any):

@@ -23,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
+from ..optimizers import create_loraplus_optimizer
 from . import metrics
 from . import state as ckpt
 from .config import TrainConfig
@@ -77,7 +78,7 @@ class Trainer:
         self.steps_per_epoch = math.ceil(n_batches / config.grad_accum)
         self.total = config.max_steps or max(1, math.ceil(config.epochs * self.steps_per_epoch))
         warmup = config.warmup_steps or int(config.warmup_ratio * self.total)
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = make_optimizer(model, self.params, config)
         self.scheduler = make_scheduler(self.optimizer, self.total, warmup, config.schedule)
         self.best: dict | None = None
         self.bad_evals = 0
@@ -304,3 +305,20 @@ def _enable_checkpointing(model: nn.Module) -> None:
     if not hasattr(base, "gradient_checkpointing_enable"):
         raise ValueError(f"{type(base).__name__} does not support gradient checkpointing")
     base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def make_optimizer(
+    model: nn.Module, params: list[nn.Parameter], config: TrainConfig
+) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; with ``loraplus_lr_ratio`` in LoRA+'s groups (B factors faster,
+    LoRA on embeddings at ``lr``, biases and LayerNorms without weight decay)."""
+    if not config.loraplus_lr_ratio:
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return create_loraplus_optimizer(
+        model,
+        torch.optim.AdamW,
+        lr=config.lr,
+        loraplus_lr_ratio=config.loraplus_lr_ratio,
+        loraplus_weight_decay=config.weight_decay,
+        loraplus_lr_embedding=config.lr,
+    )

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ...default_targets import ADALORA as DEFAULT_TARGETS
 from ...errors import ConfigError
 from ...figures import Heatmap
 from ...registry import LayerMethod, register_method
+from .. import default_targets as defaults
 from ..lowrank import check_one_bias, trained_biases
 from .allocation import (
     allocate,
@@ -31,8 +31,8 @@ PEFT_LORA_FIELDS = {"r": None, "init_lora_weights": (True,), "use_rslora": (Fals
 
 @register_method("adalora", config=AdaLoraConfig, peft_type="ADALORA")
 class AdaLoraMethod(LayerMethod):
-    default_targets = DEFAULT_TARGETS
     layer_types = {nn.Linear: AdaLoraLinear, Conv1D: AdaLoraLinear}
+    default_targets = defaults.ADALORA
 
     def extra_trainable(self, model: nn.Module, config: AdaLoraConfig, targets: list[str]) -> list[str]:
         return trained_biases(model, config.bias, targets)

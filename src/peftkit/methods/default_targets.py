@@ -1,16 +1,10 @@
-"""peft's per-architecture default ``target_modules``: what a config without them adapts, by the base model's
-``config.model_type`` (peft's ``utils/constants.py`` tables, for the methods peftkit shares with peft).
-
-A method names its table (``LayerMethod.default_targets``); a model type the table lacks, or a model without a
-transformers config, is refused with peft's message (``Please specify `target_modules` in `peft_config```).
-"""
+"""peft's per-architecture default targets (``peft.utils.constants``, peft 0.21), keyed by
+``model.config.model_type``: what a config without ``target_modules`` (IA3: ``feedforward_modules``)
+adapts. Data only; :meth:`peftkit.registry.Method.fill_defaults` reads them."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from .errors import TargetError
-
+# TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 LORA: dict[str, list[str] | str] = {
     "t5": ["q", "v"],
     "mt5": ["q", "v"],
@@ -46,7 +40,7 @@ LORA: dict[str, list[str] | str] = {
     "gemma": ["q_proj", "v_proj"],
     "gemma2": ["q_proj", "v_proj"],
     "gemma3_text": ["q_proj", "v_proj"],
-    "gemma4": r".*language_model\..*\.(q_proj|v_proj)",
+    "gemma4": ".*language_model\\..*\\.(q_proj|v_proj)",
     "qwen2": ["q_proj", "v_proj"],
     "qwen3": ["q_proj", "v_proj"],
     "nemotron_h": ["q_proj", "k_proj", "v_proj", "o_proj"],
@@ -54,6 +48,7 @@ LORA: dict[str, list[str] | str] = {
     "rwkv7": ["r_proj", "k_proj", "v_proj", "o_proj", "key", "value"],
 }
 
+# TRANSFORMERS_MODELS_TO_ADALORA_TARGET_MODULES_MAPPING
 ADALORA: dict[str, list[str] | str] = {
     "t5": ["q", "k", "v", "o", "wi", "wo"],
     "mt5": ["q", "k", "v", "o", "wi_0", "wi_1", "wo"],
@@ -74,12 +69,13 @@ ADALORA: dict[str, list[str] | str] = {
     "gemma": ["q_proj", "v_proj"],
     "gemma2": ["q_proj", "v_proj"],
     "gemma3_text": ["q_proj", "v_proj"],
-    "gemma4": r".*language_model\..*\.(q_proj|v_proj)",
+    "gemma4": ".*language_model\\..*\\.(q_proj|v_proj)",
     "qwen2": ["q_proj", "v_proj"],
     "qwen3": ["q_proj", "v_proj"],
     "nemotron_h": ["q_proj", "k_proj", "v_proj", "o_proj"],
 }
 
+# TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING
 IA3: dict[str, list[str] | str] = {
     "t5": ["k", "v", "wo"],
     "mt5": ["k", "v", "wi_1"],
@@ -110,7 +106,7 @@ IA3: dict[str, list[str] | str] = {
     "qwen3": ["q_proj", "v_proj", "down_proj"],
 }
 
-# IA3's feed-forward modules among those targets (scaled on their input, not their output)
+# TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING: IA3 scales these modules' inputs
 IA3_FEEDFORWARD: dict[str, list[str] | str] = {
     "t5": ["wo"],
     "mt5": [],
@@ -140,20 +136,3 @@ IA3_FEEDFORWARD: dict[str, list[str] | str] = {
     "qwen2": ["down_proj"],
     "qwen3": ["down_proj"],
 }
-
-MISSING = "Please specify `target_modules` in `peft_config`"
-
-
-def model_type(model: Any) -> str | None:
-    """``config.model_type`` of a transformers model (None for a plain module)."""
-    return getattr(getattr(model, "config", None), "model_type", None)
-
-
-def default_targets(table: dict[str, list[str] | str], model: Any) -> list[str] | str:
-    """The table's targets for ``model``'s architecture (a copy: configs keep what they are given)."""
-    kind = model_type(model)
-    if kind not in table:
-        known = f"; peftkit knows defaults for {sorted(table)[:8]}..." if table else ""
-        raise TargetError(f"{MISSING} (no default for model type {kind!r}{known})")
-    targets = table[kind]
-    return targets if isinstance(targets, str) else list(targets)
