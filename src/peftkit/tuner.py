@@ -11,6 +11,7 @@ Attributes the tuner does not define pass through to ``.model`` (``config``, ``g
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -255,12 +256,17 @@ class TunerModel(nn.Module):
             layer.merge(new)
 
     def _check_merge_finite(self, names: list[str]) -> None:
+        """``safe_merge``: each adapter merged into a copy of each layer first (whatever the method's merge:
+        additive, DoRA's rescaling, IA3's product); a weight or bias that is not finite refuses the merge
+        before anything is written."""
         for path, layer in self.layers():
             for name in names:
                 if name not in layer.adapter_names():
                     continue
-                delta = layer.delta_weight(name)
-                if delta is not None and not torch.isfinite(layer.base.weight + delta).all():
+                probe = copy.deepcopy(layer)
+                probe.merge([name])
+                merged = [t for t in (probe.base.weight, getattr(probe.base, "bias", None)) if t is not None]
+                if not all(bool(torch.isfinite(t).all()) for t in merged):
                     raise ValueError(
                         f"NaNs detected in the merged weights. The adapter {name} seems to be broken ({path})"
                     )

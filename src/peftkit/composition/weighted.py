@@ -12,8 +12,9 @@ Every source's scale ``s_i`` is folded in and the new adapter has scale 1 (``lor
   ``dW_i = s_i B_i A_i`` are merged whole, then truncated to ``svd_rank`` (default: the largest source
   rank) by their top singular triplets, ``B = U S``, ``A = V^T`` (Eckart-Young).
 
-One source always combines ``linear``. peftkit's own weighted merge (LoRAHub's weights on both factors) is
-:func:`peftkit.composition.add_weighted_adapter`.
+One source always combines ``linear``. (IA)^3 adapters merge as peft merges them: the new vector is
+``sum w_i l_i`` (:func:`add_weighted_ia3`). peftkit's own weighted merge (LoRAHub's weights on both factors)
+is :func:`peftkit.composition.add_weighted_adapter`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 
 from ..config import check_choice, check_finite
 from ..errors import AdapterError, ConfigError
+from ..methods.ia3 import IA3Config
 from ..methods.lora import LoraConfig, LoraEmbedding, LoraLinear
 from ..modules_to_save import ModulesToSaveWrapper
 from . import task_arithmetic
@@ -52,8 +54,10 @@ class Options:
 def add_weighted_adapter(
     model, adapters: list[str], weights: list[float], adapter_name: str, options: Options
 ):
-    """Add LoRA adapter ``adapter_name`` to ``model`` (a PeftModel), merging ``adapters`` with ``weights``
-    (not made active). The sources stay."""
+    """Add an adapter ``adapter_name`` to ``model`` (a PeftModel) merging LoRA (or (IA)^3) ``adapters`` with
+    ``weights`` (not made active). The sources stay."""
+    if adapters and all(isinstance(model.peft_config.get(a), IA3Config) for a in adapters):
+        return add_weighted_ia3(model, adapters, weights, adapter_name)
     _check(model, adapters, weights, adapter_name, options)
     if len(adapters) == 1:
         options = Options(**{**options.__dict__, "combination": "linear"})
@@ -67,6 +71,22 @@ def add_weighted_adapter(
 
 def _check(model, adapters: list[str], weights: list[float], name: str, options: Options) -> None:
     check_choice("combination_type", options.combination, COMBINATION_TYPES)
+    _check_sources(model, adapters, weights, name)
+    for adapter in adapters:
+        config = model.peft_config[adapter]
+        if not isinstance(config, LoraConfig):
+            raise AdapterError(
+                f"adapter {adapter!r} is {config.method}: LoRA (or all (IA)^3) adapters merge here"
+            )
+        if getattr(config, "residual_init", config.init_lora_weights == "pissa"):
+            raise AdapterError(
+                f"adapter {adapter!r} rewrote its base weights (init_lora_weights); reload it saved"
+            )
+
+
+def _check_sources(model, adapters: list[str], weights: list[float], name: str) -> None:
+    """What every weighted merge needs: known sources, one finite weight each, a new name, and no module
+    that two sources train whole (``modules_to_save``: there is no weighting a whole module)."""
     if not adapters:
         raise ConfigError("adapters", "name at least one adapter to merge")
     if len(weights) != len(adapters):
@@ -75,14 +95,6 @@ def _check(model, adapters: list[str], weights: list[float], name: str, options:
     model.check_known(adapters)
     if name in model.peft_config:
         raise AdapterError(f"adapter {name!r} exists; delete_adapter() it first or choose another name")
-    for adapter in adapters:
-        config = model.peft_config[adapter]
-        if not isinstance(config, LoraConfig):
-            raise AdapterError(f"adapter {adapter!r} is {config.method}: only LoRA adapters merge here")
-        if getattr(config, "residual_init", config.init_lora_weights == "pissa"):
-            raise AdapterError(
-                f"adapter {adapter!r} rewrote its base weights (init_lora_weights); reload it saved"
-            )
     shared = [
         path
         for path, layer in model.layers()
@@ -139,16 +151,39 @@ def _module_ranks(model, adapters: list[str]) -> dict[str, int]:
     return ranks
 
 
-def _union_targets(configs: list[LoraConfig]) -> list[str] | str:
-    kinds = {isinstance(c.target_modules, str) for c in configs}
+def _union_targets(configs: list, field: str = "target_modules") -> list[str] | str:
+    """Every source's modules: the union of lists, or the alternation of regexes (not a mix of both)."""
+    values = [getattr(c, field) or [] for c in configs]
+    kinds = {isinstance(v, str) for v in values}
     if len(kinds) > 1:
         raise AdapterError(
-            "all adapter configs should follow the same target modules type. Combining adapters with "
-            "`target_modules` type being a mix of list/set and string is not supported."
+            f"all adapter configs should follow the same {field} type. Combining adapters with "
+            f"`{field}` type being a mix of list/set and string is not supported."
         )
     if kinds == {True}:
-        return "|".join(f"({c.target_modules})" for c in configs)
-    return sorted({t for c in configs for t in c.target_modules})
+        return "|".join(f"({v})" for v in values)
+    return sorted({t for v in values for t in v})
+
+
+def add_weighted_ia3(model, adapters: list[str], weights: list[float], adapter_name: str) -> None:
+    """(IA)^3 adapters merged as peft merges them: a new adapter on every source's modules whose vector is
+    ``sum w_i l_i`` where a source adapts the module (not made active)."""
+    _check_sources(model, adapters, weights, adapter_name)
+    configs = [model.peft_config[a] for a in adapters]
+    config = configs[0].replace(
+        target_modules=_union_targets(configs),
+        feedforward_modules=_union_targets(configs, "feedforward_modules"),
+    )
+    model.add_adapter(adapter_name, config)
+    with torch.no_grad():
+        for _, layer in model.layers():
+            if adapter_name not in getattr(layer, "ia3_l", {}):
+                continue
+            target = layer.ia3_l[adapter_name]
+            target.zero_()
+            for adapter, weight in zip(adapters, weights):
+                if adapter in layer.ia3_l:
+                    target.add_(float(weight) * layer.ia3_l[adapter])
 
 
 def _write(layer, adapters: list[str], weights: list[float], target: str, options: Options) -> None:
