@@ -180,7 +180,7 @@ def test_init_false_leaves_both_factors_random():
     model = get_peft_model(
         build("llama"), LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False)
     )
-    B = model.base_model.model.layers[0].self_attn.q_proj.lora_B["default"].weight
+    B = model.get_base_model().model.layers[0].self_attn.q_proj.lora_B["default"].weight
     assert B.abs().min() > 0  # peft's init False: B is not zero, the adapter acts from the start
     assert not torch.allclose(model(**inputs).logits, expected, atol=1e-4)
 
@@ -194,7 +194,7 @@ def test_olora_takes_the_first_qr_components_out_of_the_weight():
     model = get_peft_model(
         base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], init_lora_weights="olora")
     )
-    layer = model.base_model.model.layers[0].self_attn.q_proj
+    layer = model.get_base_model().model.layers[0].self_attn.q_proj
     Q, R = torch.linalg.qr(W)
     torch.testing.assert_close(layer.lora_A["default"].weight, R[:4])
     torch.testing.assert_close(layer.lora_B["default"].weight, Q[:, :4])
@@ -223,7 +223,7 @@ def test_lora_bias_trains_a_bias_on_b_and_merges_into_the_base_bias():
     model = get_peft_model(
         build("mlp"), LoraConfig(r=2, lora_alpha=4, target_modules=["fc1"], lora_bias=True)
     )
-    layer = model.base_model.fc1
+    layer = model.get_base_model().fc1
     bias = layer.lora_B["default"].bias
     assert bias.requires_grad and torch.equal(bias, torch.zeros_like(bias))
     perturb(model)
@@ -245,7 +245,7 @@ def test_lora_bias_on_a_layer_without_bias_trains_but_does_not_merge():
         model = get_peft_model(base, LoraConfig(r=2, target_modules=["0"], lora_bias=True))
     with pytest.raises(AdapterError, match="lora_bias=True"):
         model.merge_adapter()
-    assert not model.base_model[0].merged
+    assert not model.get_base_model()[0].merged
     with pytest.raises(ConfigError, match="lora_bias"):
         LoraConfig(target_modules=["0"], lora_bias=True, use_dora=True)
 
