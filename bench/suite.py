@@ -64,9 +64,12 @@ def thread_env(jobs: int) -> dict[str, str] | None:
 def run_in_subprocess(
     args: list[str], lock: str | None, tail: int = 3000, env: dict[str, str] | None = None
 ) -> tuple[int, str]:
-    """``python bench/suite.py <args>`` in a fresh process, under ``flock lock`` when given."""
+    """``python bench/suite.py <args>`` in a fresh process, under ``flock lock`` when given (``-s`` for a
+    lock named ``shared:<path>``: cells that may run beside each other, but not beside a timing run)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), *args]
-    cmd = ["flock", lock, *cmd] if lock else cmd
+    if lock:
+        shared = lock.startswith("shared:")
+        cmd = ["flock", *(["-s"] if shared else []), lock.removeprefix("shared:"), *cmd]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT, env=env)
     return res.returncode, (res.stdout + res.stderr)[-tail:]
 
@@ -183,7 +186,11 @@ def main() -> None:
     p.add_argument(
         "--jobs", type=int, default=1, help="cells at once, cores split between them, no lock (default 1)"
     )
-    p.add_argument("--lock", default=LOCK, help="flock file each cell takes ('' for none)")
+    p.add_argument(
+        "--lock",
+        default=LOCK,
+        help="flock file each cell takes ('' for none; 'shared:PATH' for a shared lock)",
+    )
     p.add_argument(
         "--seeds",
         type=int,
@@ -211,7 +218,8 @@ def main() -> None:
     every = all_cells(QUICK if args.quick else FULL, seeds=range(args.seeds))
     todo = [c for c in every if (not tasks or c.task in tasks) and (not only or c.method in only)]
     todo.sort(key=lambda c: c.seed)  # every row's first seed before any row's second
-    lock = None if args.jobs > 1 else args.lock or None  # a shared lock would run them one by one
+    exclusive = args.jobs > 1 and not args.lock.startswith("shared:")
+    lock = None if exclusive else args.lock or None  # an exclusive lock would run them one by one
     inf_path = out_dir / "inference.json"  # first: minutes, where the cells take hours
     if not args.report_only and not args.no_inference and (args.force or not inf_path.exists()):
         print("inference ...", flush=True)

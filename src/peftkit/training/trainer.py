@@ -249,7 +249,9 @@ class Trainer:
     def _check_resumable(self, checkpoint: ckpt.Checkpoint) -> None:
         saved, where = checkpoint.state, f"checkpoint {checkpoint.path}"
         if "config" in saved:  # written by peftkit >= the version that checks it
-            resume_changes({"train": saved["config"]}, {"train": self.cfg.to_dict()}, where)
+            # a field added since the checkpoint was written reads as its default (it was not set)
+            written = {**type(self.cfg)().to_dict(), **saved["config"]}
+            resume_changes({"train": written}, {"train": self.cfg.to_dict()}, where)
         if saved.get("data", self.data_digest) != self.data_digest:
             raise ConfigError(
                 "--resume",
