@@ -85,7 +85,9 @@ def test_the_norm_gets_no_gradient():
 @pytest.mark.parametrize(("kind", "targets"), [("llama", ["q_proj", "embed_tokens"]), ("gpt2", ["c_attn"])])
 def test_merge_writes_the_adapted_weight_and_unmerge_restores_the_base(kind, targets):
     model = dora(kind, targets)
-    before = {n: p.detach().clone() for n, p in model.get_base_model().named_parameters() if "base_layer" in n}
+    before = {
+        n: p.detach().clone() for n, p in model.get_base_model().named_parameters() if "base_layer" in n
+    }
     inputs = make_inputs(kind)
     expected = model(**inputs).logits
     model.merge_adapter()

@@ -74,7 +74,9 @@ def test_two_active_adapters_multiply():
 def test_merge_and_unmerge(targets, feedforward):
     model = ia3("mlp", targets, feedforward)
     perturb(model)
-    before = {n: p.detach().clone() for n, p in model.get_base_model().named_parameters() if "base_layer" in n}
+    before = {
+        n: p.detach().clone() for n, p in model.get_base_model().named_parameters() if "base_layer" in n
+    }
     inputs = make_inputs("mlp")
     expected = model(**inputs)
     model.merge_adapter()
