@@ -10,6 +10,7 @@ as safe; metrics are appended whole (:mod:`.metrics`), checkpoints written atomi
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -101,7 +102,10 @@ class Trainer:
         total_loss, tokens = 0.0, 0
         for examples in micro:
             batch = self.collate(examples)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.bf16):
+            with (
+                torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.bf16),
+                _own_loss_terms(self.model),
+            ):
                 loss = self.loss_fn(self.model, batch) + _regularizer(self.model)
             (loss / len(micro)).backward()
             total_loss += loss.item() / len(micro)
@@ -168,7 +172,7 @@ class Trainer:
     def _evaluate(self, step: int) -> bool:
         """Evaluate, log, track the best; return True when early stopping triggers."""
         self.model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), _own_loss_terms(self.model):
             metrics = self.eval_fn(self.model)
         self.model.train()
         self._append({"step": step, **metrics})
@@ -269,6 +273,13 @@ class Trainer:
 def _length_free(cfg: TrainConfig) -> bool:
     """Whether the learning-rate schedule is the same whatever the run's length."""
     return cfg.schedule == "constant" and not cfg.warmup_ratio
+
+
+def _own_loss_terms(model: nn.Module) -> contextlib.AbstractContextManager:
+    """This trainer adds the methods' loss terms itself (:func:`_regularizer`, whatever ``loss_fn`` computes);
+    the forward's own (peft's AdaLoRA penalty in the model's loss) is switched off so none counts twice."""
+    off = getattr(model, "forward_loss_off", None)
+    return off() if callable(off) else contextlib.nullcontext()
 
 
 def _regularizer(model: nn.Module) -> torch.Tensor | float:
