@@ -460,10 +460,17 @@ class PeftModel(nn.Module):
                 params[key].copy_(value)
 
     def save_pretrained(
-        self, save_directory: str | Path, adapter_names: list[str] | None = None, **hf_kwargs: Any
+        self,
+        save_directory: str | Path,
+        adapter_names: list[str] | None = None,
+        is_main_process: bool = True,
+        **hf_kwargs: Any,
     ) -> None:
         """Save adapters in peft's format: 'default' in the folder itself, others in sub-folders by name.
 
+        ``is_main_process`` (as in ``transformers`` and ``peft``): whether this process writes the files.
+        A model sharded over processes calls this on every rank (exporting may run adapter modules,
+        which gather their shards together); only the main one writes.
         ``hf_kwargs`` (``state_dict``, ``safe_serialization``, ... passed by ``transformers.Trainer``) are
         ignored: only adapter tensors are saved, always as safetensors.
         """
@@ -484,7 +491,9 @@ class PeftModel(nn.Module):
                 "peftkit_method": method.name,
                 "peftkit_fingerprint": json.dumps(ckpt.fingerprint(self.base_model, self.targets[name])),
             }
-            ckpt.write_adapter(folder, data, self.adapter_state_dict(name), meta)
+            tensors = self.adapter_state_dict(name)
+            if is_main_process:
+                ckpt.write_adapter(folder, data, tensors, meta)
 
     @classmethod
     def from_pretrained(

@@ -1,0 +1,139 @@
+"""One rank of a test run started by ``torch.distributed.run`` (see tests/test_distributed.py).
+
+Usage: dist_worker.py OUT_DIR
+
+Trains, on 2 ranks (gloo), every row of RUNS (LoRA, prompt tuning and a bottleneck adapter under
+DDP and FSDP2, plus the failure checklist: rank-dependent draws, gradient checkpointing) and every
+case of the contract table under DDP and FSDP2. Rank 0 writes each run's trainable tensors, its
+metrics and the FSDP2 units into OUT_DIR; a run the trainer refuses writes the refusal.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cases import CASES  # noqa: E402
+from conftest import build  # noqa: E402
+
+import peftkit  # noqa: E402
+from peftkit.errors import ConfigError  # noqa: E402
+from peftkit.training import TrainConfig, Trainer, distributed, sharding  # noqa: E402
+from peftkit.training.state import trainable_tensors  # noqa: E402
+from scripts.train_tiny import collate, examples  # noqa: E402
+
+METHODS = {  # the rows the issue names: a layer method, a virtual-token method, an adapter module
+    "lora": lambda: peftkit.LoraConfig(r=4, target_modules=["q_proj", "v_proj", "up_proj"]),
+    "prompt_tuning": lambda: peftkit.PromptTuningConfig(num_virtual_tokens=3),
+    "bottleneck": lambda: peftkit.BottleneckConfig(bottleneck_size=4),
+}
+# 40 examples, 2 per rank per micro-batch, 2 micro-batches: 8 a step, the last step of an epoch short
+TRAIN = {"lr": 1e-2, "max_steps": 6, "batch_size": 2, "grad_accum": 2, "seed": 3, "log_every": 1}
+CONTRACT = {"lr": 1e-2, "max_steps": 2, "batch_size": 1, "grad_accum": 1, "seed": 1, "log_every": 1}
+RUNS = [(m, mode, {}) for m in METHODS for mode in ("ddp", "fsdp")] + [
+    ("lora", "ddp", {"rank_seed": True}),  # each rank draws its own init: rank 0's must win
+    ("lora", "fsdp", {"rank_seed": True}),
+    ("lora", "ddp", {"gradient_checkpointing": True}),  # non-reentrant: lora_B is marked ready once
+    ("lora", "fsdp", {"gradient_checkpointing": True}),
+]
+
+
+def run_name(method: str, mode: str, extra: dict) -> str:
+    return "-".join([method, mode, *sorted(extra)])
+
+
+def contract_examples(kind: str, n: int = 6) -> list[dict]:
+    g = torch.Generator().manual_seed(5)
+    rows = []
+    for _ in range(n):
+        row = {"input_ids": torch.randint(3, 90, (6,), generator=g).tolist()}
+        if kind != "mlp":
+            row["attention_mask"] = [1] * 6
+        if kind == "t5":
+            row["decoder_input_ids"] = torch.randint(3, 90, (4,), generator=g).tolist()
+        rows.append(row)
+    return rows
+
+
+def logits_loss(model, batch: dict) -> torch.Tensor:
+    """A loss every model kind of the table has (its outputs' mean square)."""
+    out = model(**batch)
+    out = out if isinstance(out, torch.Tensor) else out.logits
+    return out.float().pow(2).mean()
+
+
+def units(model) -> list[dict]:
+    """Each FSDP2 unit and the trainable and frozen parameters it manages itself."""
+    out = []
+    for path, module in model.named_modules():
+        if isinstance(module, torch.distributed.fsdp.FSDPModule):
+            inner = {id(p) for m in module.modules() if m is not module for p in _managed(m)}
+            own = [p for p in module.parameters() if id(p) not in inner]
+            trainable = sum(1 for p in own if p.requires_grad)
+            out.append({"path": path, "trainable": trainable, "frozen": len(own) - trainable})
+    return out
+
+
+def _managed(module):
+    return module.parameters() if isinstance(module, torch.distributed.fsdp.FSDPModule) else []
+
+
+def train(model, data, config: TrainConfig, out: Path, loss_fn=None) -> dict:
+    kw = {"loss_fn": loss_fn} if loss_fn else {}
+    trainer = Trainer(model, data, collate, config, out, show_progress=False, **kw)
+    trainer.train()
+    frozen_grads = [n for n, p in model.named_parameters() if not p.requires_grad and p.grad is not None]
+    report = {"units": units(model), "frozen_grads": frozen_grads}
+    with sharding.gathered(model):
+        model.save_pretrained(out / "adapter", is_main_process=trainer.world.main)  # every rank exports
+        if trainer.world.main:
+            tensors = {k: v.cpu() for k, v in trainable_tensors(model).items()}
+            save_file(tensors, out / "trainable.safetensors")
+    return report
+
+
+def run_methods(root: Path, world: distributed.World) -> dict:
+    reports = {}
+    for method, mode, extra in RUNS:
+        seed = world.rank if extra.get("rank_seed") else 0
+        model = build("llama", seed=seed)
+        torch.manual_seed(seed)
+        model = peftkit.get_peft_model(model, METHODS[method]())
+        flags = {k: v for k, v in extra.items() if k != "rank_seed"}
+        config = TrainConfig(**TRAIN, **flags, distributed=mode, save_every=3)
+        name = run_name(method, mode, extra)
+        reports[name] = train(model, examples(), config, root / name)
+    return reports
+
+
+def run_contract(root: Path) -> dict:
+    reports = {}
+    for case in CASES:
+        for mode in ("ddp", "fsdp"):
+            model = build(case.kind)
+            torch.manual_seed(0)
+            model = peftkit.get_peft_model(model, case.make_config())
+            config = TrainConfig(**CONTRACT, distributed=mode)
+            name = f"{case.id}-{mode}"
+            try:
+                reports[name] = train(model, contract_examples(case.kind), config, root / name, logits_loss)
+            except ConfigError as err:
+                reports[name] = {"refused": str(err)}
+            except ValueError as err:  # the method's own refusal, as in one process
+                reports[name] = {"error": str(err)}
+    return reports
+
+
+if __name__ == "__main__":
+    root = Path(sys.argv[1])
+    world = distributed.init_from_env()
+    assert world.size == 2, world
+    reports = {"methods": run_methods(root, world), "contract": run_contract(root)}
+    if world.main:
+        (root / "reports.json").write_text(json.dumps(reports, indent=1))
+    distributed.shutdown()
