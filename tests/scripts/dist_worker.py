@@ -1,11 +1,12 @@
 """One rank of a test run started by ``torch.distributed.run`` (see tests/test_distributed.py).
 
-Usage: dist_worker.py OUT_DIR
+Usage: dist_worker.py OUT_DIR RUN_YAML
 
 Trains, on 2 ranks (gloo), every row of RUNS (LoRA, prompt tuning and a bottleneck adapter under
-DDP and FSDP2, plus the failure checklist: rank-dependent draws, gradient checkpointing) and every
-case of the contract table under DDP and FSDP2. Rank 0 writes each run's trainable tensors, its
-metrics and the FSDP2 units into OUT_DIR; a run the trainer refuses writes the refusal.
+DDP and FSDP2, plus the failure checklist: rank-dependent draws, gradient checkpointing), LoRA
+crashed on both ranks and resumed, every case of the contract table under DDP and FSDP2, and last
+``peftkit train --config RUN_YAML`` (into OUT_DIR/cli). Rank 0 writes each run's trainable tensors,
+its metrics and its FSDP2 units into OUT_DIR; a run the trainer refuses writes the refusal.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from cases import CASES  # noqa: E402
 from conftest import build  # noqa: E402
 
 import peftkit  # noqa: E402
+from peftkit.cli import main  # noqa: E402
 from peftkit.errors import ConfigError  # noqa: E402
 from peftkit.training import TrainConfig, Trainer, distributed, sharding  # noqa: E402
 from peftkit.training.state import trainable_tensors  # noqa: E402
@@ -83,10 +85,23 @@ def _managed(module):
     return module.parameters() if isinstance(module, torch.distributed.fsdp.FSDPModule) else []
 
 
-def train(model, data, config: TrainConfig, out: Path, loss_fn=None) -> dict:
+def crash_at(call: int):
+    """A loss that raises on every rank at the same micro-batch: the run stops between collectives."""
+    calls = {"n": 0}
+
+    def loss_fn(model, batch):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise RuntimeError("crash")
+        return model(**batch).loss
+
+    return loss_fn
+
+
+def train(model, data, config: TrainConfig, out: Path, loss_fn=None, resume: bool = False) -> dict:
     kw = {"loss_fn": loss_fn} if loss_fn else {}
     trainer = Trainer(model, data, collate, config, out, show_progress=False, **kw)
-    trainer.train()
+    trainer.train(resume=resume)
     frozen_grads = [n for n, p in model.named_parameters() if not p.requires_grad and p.grad is not None]
     report = {"units": units(model), "frozen_grads": frozen_grads}
     with sharding.gathered(model):
@@ -97,17 +112,33 @@ def train(model, data, config: TrainConfig, out: Path, loss_fn=None) -> dict:
     return report
 
 
+def tiny(method: str, seed: int = 0):
+    model = build("llama", seed=seed)
+    torch.manual_seed(seed)
+    return peftkit.get_peft_model(model, METHODS[method]())
+
+
 def run_methods(root: Path, world: distributed.World) -> dict:
     reports = {}
     for method, mode, extra in RUNS:
-        seed = world.rank if extra.get("rank_seed") else 0
-        model = build("llama", seed=seed)
-        torch.manual_seed(seed)
-        model = peftkit.get_peft_model(model, METHODS[method]())
+        model = tiny(method, seed=world.rank if extra.get("rank_seed") else 0)
         flags = {k: v for k, v in extra.items() if k != "rank_seed"}
         config = TrainConfig(**TRAIN, **flags, distributed=mode, save_every=3)
         name = run_name(method, mode, extra)
         reports[name] = train(model, examples(), config, root / name)
+    return reports
+
+
+def run_resumes(root: Path) -> dict:
+    """LoRA stopped in step 5 (2 micro-batches a step) after its checkpoint at step 3, then resumed."""
+    reports = {}
+    for mode in ("ddp", "fsdp"):
+        config, out = TrainConfig(**TRAIN, distributed=mode, save_every=3), root / f"lora-{mode}-resumed"
+        try:
+            train(tiny("lora"), examples(), config, out, loss_fn=crash_at(9))
+        except RuntimeError as err:
+            assert str(err) == "crash", err
+        reports[out.name] = train(tiny("lora"), examples(), config, out, resume=True)
     return reports
 
 
@@ -130,10 +161,13 @@ def run_contract(root: Path) -> dict:
 
 
 if __name__ == "__main__":
-    root = Path(sys.argv[1])
-    world = distributed.init_from_env()
-    assert world.size == 2, world
-    reports = {"methods": run_methods(root, world), "contract": run_contract(root)}
-    if world.main:
-        (root / "reports.json").write_text(json.dumps(reports, indent=1))
-    distributed.shutdown()
+    root, run_yaml = Path(sys.argv[1]), sys.argv[2]
+    with distributed.process_group() as world:
+        assert world.size == 2, world
+        reports = {
+            "methods": {**run_methods(root, world), **run_resumes(root)},
+            "contract": run_contract(root),
+        }
+        reports["cli"] = main(["train", "--config", run_yaml, "--output-dir", str(root / "cli"), "--quiet"])
+        if world.main:
+            (root / "reports.json").write_text(json.dumps(reports, indent=1))

@@ -59,16 +59,14 @@ def overrides(args: argparse.Namespace) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     from ..training import distributed
 
-    world = distributed.init_from_env()  # a single process unless started by torchrun
-    if world.active:
-        signal.signal(signal.SIGTERM, _stopped)  # torchrun stops the others when a rank fails
-    try:
-        with _quiet_unless_main(world.main):
-            return _run(args, world.active)
-    except distributed.OtherRankFailed:
-        return 2  # rank 0 has printed the error
-    finally:
-        distributed.shutdown()
+    with distributed.process_group() as world:  # one process unless started by torchrun
+        if world.active:
+            signal.signal(signal.SIGTERM, _stopped)  # torchrun stops the others when a rank fails
+        try:
+            with _quiet_unless_main(world.main):
+                return _run(args, world.active)
+        except distributed.OtherRankFailed:
+            return 2  # rank 0 has printed the error
 
 
 def _stopped(signum: int, frame: object) -> None:

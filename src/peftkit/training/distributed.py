@@ -81,17 +81,24 @@ def init_from_env() -> World:
     return current()
 
 
+@contextlib.contextmanager
+def process_group() -> Iterator[World]:
+    """:func:`init_from_env` for the block; a group joined here is left at its end."""
+    joined = launched() and not dist.is_initialized()
+    world = init_from_env()
+    try:
+        yield world
+    finally:
+        if joined:
+            dist.destroy_process_group()
+
+
 def current() -> World:
     """This process's world: the initialised process group, or a single process."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return World()
     device = _local_device() if dist.get_backend() == "nccl" else torch.device("cpu")
     return World(dist.get_rank(), dist.get_world_size(), device)
-
-
-def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 # ---- rank 0 does it, every rank learns how it went -------------------------------------------------

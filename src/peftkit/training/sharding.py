@@ -39,9 +39,6 @@ from .distributed import World, local_like
 from .state import persistent_buffers
 
 CONTAINERS = (nn.ModuleDict, nn.ModuleList, nn.ParameterDict, nn.ParameterList)
-# method hooks that compute on whole adapter tensors outside the forward pass, where FSDP2 keeps
-# them sharded (AdaLoRA's orthogonality penalty and rank allocation, diff pruning's L0 penalty)
-WHOLE_TENSOR_HOOKS = ("regularization_loss", "after_optimizer_step")
 
 
 def wrap(model: nn.Module, mode: str, world: World, trial: Callable[[], torch.Tensor]) -> nn.Module:
@@ -123,16 +120,19 @@ def _refuse_fsdp(model: nn.Module) -> None:
 
 
 def _methods_with_hooks(model: nn.Module) -> list[str]:
+    """The trainable adapters' methods that add a loss term (AdaLoRA, hard-concrete diff pruning) or
+    update their adapter after each step (AdaLoRA's rank allocation)."""
     configs = getattr(model, "peft_config", {})
     names = [n for n in getattr(model, "active_adapters", []) if not configs[n].inference_mode]
-    methods = [get_method(configs[n]) for n in names]
-    return sorted(
-        {
-            m.name
-            for m in methods
-            if any(getattr(type(m), h) is not getattr(Method, h) for h in WHOLE_TENSOR_HOOKS)
-        }
-    )
+    hooked = set()
+    for name in names:
+        method = get_method(configs[name])
+        if type(method).after_optimizer_step is not Method.after_optimizer_step:
+            hooked.add(method.name)
+        with torch.no_grad():
+            if method.regularization_loss(model.base_model, configs[name], name) is not None:
+                hooked.add(method.name)
+    return sorted(hooked)
 
 
 def _keep_input_digest(model: nn.Module) -> None:
