@@ -375,14 +375,16 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def identical(outputs: dict[str, dict]) -> dict[str, str]:
-    """Per system pair: how many (adapter, question) answers are token-identical."""
+def identical(outputs: dict[str, dict]) -> dict[str, dict[str, str]]:
+    """Per system pair and adapter: how many of its (adapter, question) answers are token-identical."""
     systems, out = list(outputs), {}
     for i, a in enumerate(systems):
         for b in systems[i + 1 :]:
             keys = sorted(set(outputs[a]) & set(outputs[b]))
-            same = sum(outputs[a][k] == outputs[b][k] for k in keys)
-            out[f"{a} vs {b}"] = f"{same}/{len(keys)}"
+            pair = out[f"{a} vs {b}"] = {}
+            for adapter in dict.fromkeys(k.split("|")[0] for k in keys):
+                mine = [k for k in keys if k.startswith(adapter + "|")]
+                pair[adapter] = f"{sum(outputs[a][k] == outputs[b][k] for k in mine)}/{len(mine)}"
     return out
 
 

@@ -8,6 +8,7 @@ from peftkit import (
     AdaLoraConfig,
     AdaPtLoraConfig,
     BottleneckConfig,
+    FusionConfig,
     LoraConfig,
     PrefixTuningConfig,
     PromptTuningConfig,
@@ -271,6 +272,29 @@ CASES: list[Case] = [
         "bert",
         lambda: DiffPruningConfig(
             density=0.05, target_modules=["query", "value"], modules_to_save=["classifier"]
+        ),
+    ),
+    # AdapterFusion: attention over two frozen bottleneck adapters (stage 1), trained as the adapter
+    Case(
+        "fusion-bert-pfeiffer-dynamic",
+        "bert",
+        lambda: FusionConfig(adapter_names=["sst2", "e2e"]),
+        mergeable=False,
+        identity_at_init=False,
+        stage1=(
+            ("sst2", lambda: BottleneckConfig(placement="pfeiffer", bottleneck_size=4)),
+            ("e2e", lambda: BottleneckConfig(placement="pfeiffer", bottleneck_size=6)),
+        ),
+    ),
+    Case(
+        "fusion-llama-houlsby-static",
+        "llama",
+        lambda: FusionConfig(adapter_names=["a", "b"], fusion_type="static"),
+        mergeable=False,
+        identity_at_init=False,
+        stage1=(
+            ("a", lambda: BottleneckConfig(placement="houlsby", bottleneck_size=4)),
+            ("b", lambda: BottleneckConfig(placement="houlsby", bottleneck_size=4)),
         ),
     ),
 ]

@@ -131,9 +131,50 @@ class Case:
     make_config: Callable[[], object]
     mergeable: bool = True
     identity_at_init: bool = True
+    # adapters that must be in the model first (a fusion's), added frozen with fixed weights
+    stage1: tuple[tuple[str, Callable[[], object]], ...] = ()
 
     def __str__(self) -> str:
         return self.id
+
+    def wrap(self, base: nn.Module, name: str = "default"):
+        """``base`` with this case's adapter ``name`` (after its stage-1 adapters), made active."""
+        from peftkit import get_peft_model
+
+        if not self.stage1:
+            return get_peft_model(base, self.make_config(), adapter_name=name)
+        model = self.with_stage1(base)
+        model.add_adapter(name, self.make_config())
+        model.set_adapter(name)
+        return model
+
+    def with_stage1(self, base: nn.Module):
+        """``base`` wrapped with the stage-1 adapters: frozen, the same weights on every call."""
+        from peftkit import get_peft_model
+
+        (first, make), *rest = self.stage1
+        model = get_peft_model(base, make(), adapter_name=first)
+        for name, make in rest:
+            model.add_adapter(name, make())
+        g = torch.Generator().manual_seed(11)
+        with torch.no_grad():
+            for name, _ in self.stage1:
+                model.peft_config[name].inference_mode = True
+                for _, layer in model.layers():
+                    for p in layer.adapter_parameters(name):
+                        p.add_(torch.randn(p.shape, generator=g) * 0.2)
+        return model
+
+    def load(self, base: nn.Module, path):
+        """Load a saved adapter of this case onto ``base`` as 'default' (stage-1 adapters first)."""
+        from peftkit import PeftModel
+
+        if not self.stage1:
+            return PeftModel.from_pretrained(base, path)
+        model = self.with_stage1(base)
+        model.load_adapter(path, "default")
+        model.set_adapter("default")
+        return model
 
 
 @pytest.fixture

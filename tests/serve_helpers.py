@@ -63,8 +63,8 @@ def perturb(model, name: str, seed: int) -> None:
     """Non-trivial adapter weights (LoRA's B and most deltas start at zero)."""
     g = torch.Generator().manual_seed(seed)
     params = [p for _, layer in model.layers() for p in layer.adapter_parameters(name)]
-    if name in model.input_adapters:
-        params += list(model.input_adapters[name].parameters())
+    if name in model.prompt_encoder:
+        params += list(model.prompt_encoder[name].parameters())
     with torch.no_grad():
         for p in params:
             p.add_(torch.randn(p.shape, generator=g) * 0.3)

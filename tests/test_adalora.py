@@ -13,6 +13,7 @@ import peftkit
 from peftkit import AdaLoraConfig, AdapterError, ConfigError
 from peftkit.methods.adalora import RankBudget, rank_map
 from peftkit.methods.adalora.allocation import adalora_layers
+from peftkit.plotting import write_figures
 
 peft = pytest.importorskip("peft")
 
@@ -94,6 +95,36 @@ def test_orthogonality_penalty_is_zero_for_orthonormal_factors_and_reaches_the_l
     assert off.regularization_loss() == 0.0
 
 
+def test_peft_orthogonality_form_is_the_term_peft_adds_to_its_loss(tmp_path):
+    """``orth_reg_form="peft"``: the mean over every P and Q of ``||. - I||_F`` (not squared), exactly what
+    peft's AdaLoraModel adds to the forward loss, on the same weights; the paper's form differs."""
+    config = AdaLoraConfig(
+        **KW, orth_reg_weight=1.0, orth_reg_form="peft", total_step=10, task_type="CAUSAL_LM"
+    )
+    ours = peftkit.get_peft_model(build("llama"), config)
+    with torch.no_grad():
+        for p in ours.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.3)
+    ours.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert "orth_reg_form" not in config  # training-only: peft's config has no such field
+    inputs = make_inputs("llama")
+    labels = {**inputs, "labels": inputs["input_ids"]}
+
+    def peft_loss(weight: float) -> float:
+        model = peft.PeftModel.from_pretrained(build("llama"), tmp_path, is_trainable=True)
+        model.peft_config["default"].orth_reg_weight = weight
+        model.train()
+        with torch.no_grad():
+            return model(**labels).loss.item()
+
+    peft_term = peft_loss(1.0) - peft_loss(0.0)
+    assert ours.regularization_loss().item() == pytest.approx(peft_term, rel=1e-4)
+    paper = peftkit.methods.adalora.allocation.orthogonal_penalty(ours.base_model, "default", "squared")
+    assert abs(paper.item() - peft_term) > 1e-2
+
+
 def test_config_errors_name_the_field():
     with pytest.raises(ConfigError, match="target_r"):
         AdaLoraConfig(init_r=4, target_r=6)
@@ -121,7 +152,7 @@ def test_rank_map_and_figure(tmp_path):
     rows, cols, grid = rank_map(model.base_model, "default")
     assert rows == ["0", "1"] and cols == ["self_attn.q_proj", "self_attn.v_proj"]
     assert sum(sum(r) for r in grid) == 2 * 4
-    (png,) = model.write_figures(tmp_path)
+    (png,) = write_figures(model, tmp_path)
     assert png.name == "ranks_default.png" and png.stat().st_size > 1000
 
 

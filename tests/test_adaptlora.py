@@ -10,6 +10,7 @@ from conftest import build, logits, make_inputs
 import peftkit
 from peftkit import AdaPtLoraConfig, ConfigError
 from peftkit.methods.adaptlora import GatedLoraLinear, gate_values
+from peftkit.plotting import write_figures
 
 KW = {"tasks": ["sent", "topic"], "num_virtual_tokens": 2, "r": 4, "target_modules": ["q_proj", "v_proj"]}
 
@@ -120,7 +121,7 @@ def test_multi_task_training_from_a_task_column(tmp_path):
     config = AdaPtLoraConfig(tasks=["sent", "topic"], num_virtual_tokens=2, r=2, target_modules=["q_proj"])
     config.modules_to_save = ["score"]
     model = peftkit.get_peft_model(build("llama_cls"), config)
-    prompts_before = model.input_adapters["default"].prompts.detach().clone()
+    prompts_before = model.prompt_encoder["default"].prompts.detach().clone()
     Trainer(
         model,
         encoded.examples,
@@ -129,7 +130,7 @@ def test_multi_task_training_from_a_task_column(tmp_path):
         tmp_path,
         show_progress=False,
     ).train()
-    moved = (model.input_adapters["default"].prompts - prompts_before).abs().sum(dim=(1, 2))
+    moved = (model.prompt_encoder["default"].prompts - prompts_before).abs().sum(dim=(1, 2))
     assert bool((moved > 0).all()), "every task's prompt trains"
     gates = gate_values(model, "default")
     assert any(v["sent"] != 0.5 for v in gates.values())
@@ -138,5 +139,5 @@ def test_multi_task_training_from_a_task_column(tmp_path):
 def test_gates_figure(tmp_path):
     pytest.importorskip("matplotlib")
     model = model_with_weights()
-    (png,) = model.write_figures(tmp_path)
+    (png,) = write_figures(model, tmp_path)
     assert png.name == "gates_default.png" and png.stat().st_size > 1000

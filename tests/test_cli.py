@@ -53,3 +53,30 @@ def test_unknown_model_offline_is_a_clear_error(monkeypatch):
 def test_help_documents_every_option():
     out = peftkit("inspect", "--help")
     assert out.returncode == 0 and "--config" in out.stdout and "--depth" in out.stdout
+
+
+def adapter_flags(help_text: str) -> set[str]:
+    return {line.split()[0] for line in help_text.splitlines() if line.strip().startswith("--adapter.")}
+
+
+def test_train_help_lists_the_shared_adapter_fields_and_a_methods_own_on_request():
+    common = peftkit("train", "--help")
+    assert common.returncode == 0 and "--adapter.method METHOD --help" in common.stdout
+    shared = adapter_flags(common.stdout)
+    assert "--adapter.target_modules" in shared and "--adapter.r" not in shared
+    assert len(shared) <= 10  # not every field of every method in one list
+    lora = peftkit("train", "--adapter.method", "lora", "--help")
+    own = adapter_flags(lora.stdout) - shared
+    assert {"--adapter.r", "--adapter.lora_alpha", "--adapter.init_lora_weights"} <= own
+    assert "--adapter.num_virtual_tokens" not in own and "rank of B A" in lora.stdout
+    prompt = peftkit("train", "--adapter.method=prompt_tuning", "--help")
+    assert (
+        "--adapter.num_virtual_tokens" in adapter_flags(prompt.stdout) and "--adapter.r " not in prompt.stdout
+    )
+
+
+def test_a_hidden_method_field_still_sets_its_value(tmp_path):
+    """Fields hidden from --help are still flags: setting one reaches the config (and a bad value for it
+    is an error naming it)."""
+    out = peftkit("train", "--adapter.method", "lora", "--adapter.r", "-3", "--output-dir", str(tmp_path))
+    assert out.returncode == 2 and "r" in out.stderr and "Traceback" not in out.stderr

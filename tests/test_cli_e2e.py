@@ -572,7 +572,8 @@ def test_resume_without_checkpoint(llama_dir, qa, tmp_path):
 
 def test_train_help_lists_every_option():
     out = ok(peftkit_cli("train", "--help")).stdout
-    for flag in ("--config", "--resume", "--output-dir", "--train.lr", "--adapter.r", "--data.train"):
+    for flag in ("--config", "--resume", "--output-dir", "--train.lr", "--adapter.method", "--data.train"):
         assert flag in out
+    assert "--adapter.r " in ok(peftkit_cli("train", "--adapter.method", "lora", "--help")).stdout
     for flag in ("--task.template", "--task.verbalizer", "--adapter.method", "--model.name"):
         assert flag in out

@@ -44,13 +44,13 @@ def test_members_equal_single_runs_and_loss_is_their_mean():
 
 def test_one_backward_trains_every_member():
     ens, inputs = ensemble(), labelled()
-    before = {n: ens.model.input_adapters[n].embedding.weight.detach().clone() for n in NAMES}
+    before = {n: ens.model.prompt_encoder[n].embedding.weight.detach().clone() for n in NAMES}
     opt = torch.optim.AdamW([p for p in ens.parameters() if p.requires_grad], lr=1e-2)
     ens.train()
     ens(**inputs).loss.backward()
     opt.step()
     for name in NAMES:
-        assert not torch.equal(before[name], ens.model.input_adapters[name].embedding.weight), name
+        assert not torch.equal(before[name], ens.model.prompt_encoder[name].embedding.weight), name
 
 
 def test_majority_vote_and_mean_can_disagree():

@@ -181,7 +181,7 @@ def test_training_moves_only_virtual_tokens_and_labels_align():
     assert out.logits.shape[:2] == inputs["input_ids"].shape  # virtual positions cut from the logits
     out.loss.backward()
     grads = {n for n, p in model.named_parameters() if p.grad is not None}
-    assert grads == {"input_adapters.default.embedding.weight"}
+    assert grads == {"prompt_encoder.default.embedding.weight"}
 
 
 # ---- peft checkpoints both ways ---------------------------------------------------------------------
@@ -354,7 +354,7 @@ def test_p_tuning_template_places_virtual_tokens():
     batch = torch.tensor([ids])
     out = logits(model, {"input_ids": batch})
     assert out.shape[1] == len(ids)  # nothing prepended: the virtual tokens sit in the template
-    virtual = model.input_adapters["default"].virtual_embeddings()  # (3, d)
+    virtual = model.prompt_encoder["default"].virtual_embeddings()  # (3, d)
     embeds = model.get_input_embeddings()(batch)
     embeds[0, batch[0] == placeholder] = virtual
     with model.disable_adapter():
@@ -374,7 +374,7 @@ def test_p_tuning_v2_shares_one_prompt_set_across_tasks():
         "task_b",
         PTuningV2Config(num_virtual_tokens=3, modules_to_save=["classifier"], share_prompts_with="task_a"),
     )
-    a, b = model.input_adapters["task_a"], model.input_adapters["task_b"]
+    a, b = model.prompt_encoder["task_a"], model.prompt_encoder["task_b"]
     assert a.embedding.weight is b.embedding.weight
     model.set_adapter(["task_a", "task_b"])
     prompt_params = sum(p.numel() for p in a.parameters())
@@ -388,12 +388,12 @@ def test_p_tuning_v2_shares_one_prompt_set_across_tasks():
 
 def train_steps_rows(model, inputs, rows, steps=2):
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    before = model.input_adapters["task_a"].embedding.weight.detach().clone()
+    before = model.prompt_encoder["task_a"].embedding.weight.detach().clone()
     for _ in range(steps):
         opt.zero_grad()
         model(**inputs, adapter_names=rows).logits.pow(2).mean().backward()
         opt.step()
-    assert not torch.equal(before, model.input_adapters["task_a"].embedding.weight)
+    assert not torch.equal(before, model.prompt_encoder["task_a"].embedding.weight)
 
 
 def test_prompt_init_from_text_and_vocab(tmp_path):
@@ -414,7 +414,7 @@ def test_prompt_init_from_text_and_vocab(tmp_path):
     model = peftkit.get_peft_model(base, config)
     words = model.get_input_embeddings().weight
     expected = words[torch.tensor([7, 8, 7, 8, 7])]
-    torch.testing.assert_close(model.input_adapters["default"].embedding.weight, expected)
+    torch.testing.assert_close(model.prompt_encoder["default"].embedding.weight, expected)
     with pytest.raises(ConfigError, match="prompt_tuning_init_text"):
         PromptTuningConfig(prompt_tuning_init="TEXT")
 
@@ -510,16 +510,16 @@ def test_token_classification_logits_line_up_with_tokens(config):
 def test_outputs_change_only_through_the_virtual_tokens(method):
     """Identity at init does not apply here; instead: with every virtual slot masked out, the model
     computes exactly the base model (Llama's rotary positions make the shift invisible)."""
-    from peftkit.input_adapter import transform_inputs
+    from peftkit.virtual import transform_inputs
 
     base = build("llama")
     inputs = make_inputs("llama")
     expected = logits(base, inputs)
     model = peftkit.get_peft_model(build("llama"), DECODER_CONFIGS[method]())
-    rows = [model.input_adapters["default"]] * inputs["input_ids"].shape[0]
+    rows = [model.prompt_encoder["default"]] * inputs["input_ids"].shape[0]
     done = transform_inputs(model.base_model, dict(inputs), rows)
     virtual = done.kwargs["attention_mask"].shape[1] - inputs["input_ids"].shape[1]
-    assert virtual == model.input_adapters["default"].num_virtual_tokens
+    assert virtual == model.prompt_encoder["default"].num_virtual_tokens
     done.kwargs["attention_mask"][:, :virtual] = 0
     with torch.no_grad():
         out = model.base_model(**done.kwargs).logits[:, -inputs["input_ids"].shape[1] :]

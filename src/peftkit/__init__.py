@@ -1,10 +1,28 @@
-"""peftkit: parameter-efficient fine-tuning for PyTorch and Hugging Face transformers."""
+"""peftkit: parameter-efficient fine-tuning for PyTorch and Hugging Face transformers.
+
+Layers (each imports only those below it; ``tests/test_layering.py`` checks that, and that no module
+reaches itself through imports):
+
+* application: ``cli``, ``serve``, ``pipeline`` and ``run_config``, ``models`` (the model catalogue),
+  ``demo``, ``evaluation``, ``plotting``;
+* library, high: ``model`` (:class:`PeftModel`: adapters, the virtual-token stage, per-row routing),
+  ``decoding``, ``composition``, ``training``, ``data``, ``ensemble``, ``generation``;
+* library, methods: ``methods/<name>/{config,layer,method}.py``, registered by a decorator, sharing
+  ``methods/lowrank.py`` (LoRA, AdaLoRA, AdaPtLoRA), ``methods/parameter_delta.py`` and
+  ``methods/sparse_delta.py`` (full, BitFit, selection, diff pruning); ``virtual/`` (the stage and the
+  protocol every virtual-token method follows);
+* library, protocol: ``layer`` (:class:`AdapterLayer`, ``attach``), ``rows`` (routing, the mixed-batch
+  template), ``registry``, ``targeting``, ``slots``, ``modules_to_save``, ``quantization``,
+  ``checkpoint``;
+* leaves: ``config``, ``errors``, ``nn_types``, ``kv_cache``, ``signature``, ``positions``, ``names``,
+  ``figures``, ``io``.
+"""
 
 from . import methods  # noqa: F401  (registers every method)
 from .config import PeftConfig
 from .decoding import DecodingConfig, GenerationOutput, generate
 from .errors import AdapterError, BaseModelMismatchError, CheckpointError, ConfigError, TargetError
-from .layer import BASE_ROW, AdapterLayer
+from .layer import AdapterLayer
 from .methods.adalora import AdaLoraConfig
 from .methods.adaptlora import AdaPtLoraConfig
 from .methods.bitfit import BitFitConfig
@@ -20,6 +38,7 @@ from .methods.prompt_tuning import PromptTuningConfig
 from .methods.selection import SelectionConfig
 from .model import ParameterReport, PeftModel, get_peft_model
 from .registry import LayerMethod, Method, get_method, list_methods, register_method
+from .rows import BASE_ROW
 
 __version__ = "0.1.0"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 import re
 import types
@@ -115,6 +116,7 @@ class PeftConfig:
         modules_to_save: extra modules (e.g. a new classification head) trained in full and saved.
         task_type: free-form task label kept for ``peft`` compatibility (``"CAUSAL_LM"``, ``"SEQ_CLS"``).
         inference_mode: when true, nothing is made trainable.
+        base_model_name_or_path: the base model the adapter was trained on (saved, as peft does).
     """
 
     target_modules: Targets = None
@@ -198,3 +200,47 @@ __all__ = [
     "check_regex",
     "field",
 ]
+
+
+def check_size(field: str, value: int, limit: int, module_name: str, why: str) -> None:
+    """A size read from a config (a rank, a width) must fit the module it adapts. Checked before anything
+    is allocated, so a corrupt or hostile adapter_config.json cannot ask for gigabytes."""
+    if value > limit:
+        raise ConfigError(field, f"{value} is too large for {module_name}: {why}, so at most {limit}")
+
+
+def check_rank(field: str, r: int, d_in: int, d_out: int, module_name: str) -> None:
+    """A low-rank factorisation ``B A`` of a ``d_out x d_in`` layer: ``rank(B A) <= min(d_in, d_out)``.
+    Up to twice that is accepted, as a PiSSA adapter is saved with rank ``2 r``."""
+    full = min(d_in, d_out)
+    why = f"rank(B A) <= min(d_in, d_out) = {full} (twice that is accepted: PiSSA saves rank 2r)"
+    check_size(field, r, 2 * full, module_name, why)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's description from the ``Args:`` sections of ``cls``'s docstring and its bases' (the
+    class's own win): what ``--help`` shows. An entry ``a / b: text`` describes both fields."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        docs.update(_args_section(klass.__dict__.get("__doc__") or ""))
+    return docs
+
+
+def _args_section(doc: str) -> dict[str, str]:
+    lines = inspect.cleandoc(doc).splitlines()
+    start = next((i + 1 for i, line in enumerate(lines) if line.strip() == "Args:"), len(lines))
+    entries: dict[str, list[str]] = {}
+    names: list[str] = []
+    for line in lines[start:]:
+        if not line.strip() or not line.startswith(" "):
+            break  # the section ends at a blank or unindented line
+        head, sep, text = line.strip().partition(": ")
+        entry = re.fullmatch(r"[A-Za-z_]\w*(\s*/\s*[A-Za-z_]\w*)*", head)
+        if sep and entry and line.startswith("    ") and not line.startswith("     "):
+            names = [n.strip() for n in head.split("/")]
+            for name in names:
+                entries[name] = [text]
+        elif names:
+            for name in names:
+                entries[name].append(line.strip())
+    return {name: " ".join(parts).replace("``", "") for name, parts in entries.items()}

@@ -8,36 +8,20 @@ either spelling, and the decoding stepper checks by behaviour that the cache it 
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from torch import nn
 
-NAMES = ("cache", "past_key_values")  # newest spelling first
+from .signature import forward_params
 
-_ARGUMENT: dict[type, str | None] = {}
+NAMES = ("cache", "past_key_values")  # newest spelling first
 
 
 def cache_argument(model: nn.Module) -> str | None:
-    """The keyword ``model.forward`` takes its cache under, or ``None`` when it takes none.
-
-    A wrapper whose instance carries its own ``forward`` signature (:class:`~peftkit.PeftModel` copies
-    the base model's) is read each time; plain classes once."""
-    if "forward" in vars(model):
-        return _from_signature(model)
-    cls = type(model)
-    if cls not in _ARGUMENT:
-        _ARGUMENT[cls] = _from_signature(model)
-    return _ARGUMENT[cls]
-
-
-def _from_signature(model: nn.Module) -> str | None:
-    """Read from ``forward``'s signature; a task head whose forward passes ``**kwargs`` on to its
-    backbone (``BertForTokenClassification``) is answered by the backbone (``model.base_model``)."""
-    try:
-        params = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):  # pragma: no cover - builtins
-        return None
+    """The keyword ``model.forward`` takes its cache under, or ``None`` when it takes none. A task
+    head whose forward passes ``**kwargs`` on to its backbone (``BertForTokenClassification``) is
+    answered by the backbone (``model.base_model``)."""
+    params = forward_params(model)
     name = next((name for name in NAMES if name in params), None)
     inner = getattr(model, "base_model", None)
     if name is None and isinstance(inner, nn.Module) and inner is not model:

@@ -5,8 +5,10 @@ addressable, so base checkpoint keys are stable) and holds any number of named a
 containers keyed by adapter name (``nn.ModuleDict`` / ``nn.ParameterDict``) listed in
 ``adapter_containers``. From that one declaration the protocol derives, for every method:
 which parameters belong to an adapter, its state dict in the ``peft`` key scheme (adapter name
-stripped), enabling/disabling, deletion, per-row adapters in a mixed batch, and merge/unmerge
-for methods whose maths allows it (``delta_weight`` returns a tensor).
+stripped), enabling/disabling, deletion, per-row adapters in a mixed batch (:func:`peftkit.rows.mix_rows`
+with the routing :class:`~peftkit.PeftModel` makes current), and merge/unmerge for methods whose maths
+allows it (``delta_weight`` returns a tensor). :func:`attach` puts a layer class at a module path
+(wrapping the module, or joining the layer of that class already there) for every method.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import torch
 from torch import nn
 
 from .checkpoint import weight_digest
-from .errors import AdapterError, ConfigError
-
-BASE_ROW = "__base__"  # row label in a mixed batch meaning "no adapter"
+from .errors import AdapterError, TargetError
+from .nn_types import module_device, trainable_dtype
+from .rows import current_rows, mix_rows
 
 
 class AdapterLayer(nn.Module):
@@ -36,7 +38,6 @@ class AdapterLayer(nn.Module):
         self.active: list[str] = []
         self.merged: list[str] = []
         self.disabled = False
-        self.row_adapters: list[str] | None = None
 
     # ---- what the adapter is -------------------------------------------------------------
     @property
@@ -60,6 +61,15 @@ class AdapterLayer(nn.Module):
 
     def add(self, name: str, config, module_name: str) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def join(self, name: str, config, module_name: str) -> None:
+        """Add adapter ``name``; its new modules follow the base's train/eval mode."""
+        self.add(name, config, module_name)
+        self.train(self.base.training)
+
+    def new_tensor_kwargs(self) -> dict:
+        """``device`` and ``dtype`` for a new adapter tensor on this base (fp32 on a bf16/4-bit base)."""
+        return {"device": module_device(self.base), "dtype": trainable_dtype(self.base)}
 
     def adapter_parameters(self, name: str) -> Iterator[nn.Parameter]:
         for attr in self.adapter_containers:
@@ -155,48 +165,16 @@ class AdapterLayer(nn.Module):
             if self.merged:
                 raise AdapterError("adapters are merged into the base; unmerge_adapter() before disabling")
             return out
-        if self.row_adapters is not None:
-            return self._mixed_forward(out, x, *args, **kwargs)
+        if current_rows().mixed:
+
+            def delta(name: str, rows: torch.Tensor) -> torch.Tensor:
+                return self.adapter_delta(name, x[rows], *args, **kwargs)
+
+            return mix_rows(out, self.adapter_names(), delta, source=x)
         for name in self.active:
             if name not in self.merged:
                 out = out + self.adapter_delta(name, x, *args, **kwargs).to(out.dtype)
         return out
-
-    def _mixed_forward(self, out: torch.Tensor, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        """Each row of the batch uses its own adapter (``row_adapters[i]``), or none."""
-        rows = rows_for_batch(self.row_adapters, x.shape[0])
-        shared = out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()  # e.g. eval dropout
-        out = out.clone() if torch.is_grad_enabled() or shared else out  # in place: no autograd, no alias
-        for name in dict.fromkeys(rows):
-            if name == BASE_ROW or name not in self.adapter_names():
-                continue
-            idx = torch.tensor([i for i, r in enumerate(rows) if r == name], device=x.device)
-            out.index_add_(0, idx, self.adapter_delta(name, x[idx], *args, **kwargs).to(out.dtype))
-        return out
-
-
-def check_size(field: str, value: int, limit: int, module_name: str, why: str) -> None:
-    """A size read from a config (a rank, a width) must fit the module it adapts. Checked before anything
-    is allocated, so a corrupt or hostile adapter_config.json cannot ask for gigabytes."""
-    if value > limit:
-        raise ConfigError(field, f"{value} is too large for {module_name}: {why}, so at most {limit}")
-
-
-def check_rank(field: str, r: int, d_in: int, d_out: int, module_name: str) -> None:
-    """A low-rank factorisation ``B A`` of a ``d_out x d_in`` layer: ``rank(B A) <= min(d_in, d_out)``.
-    Up to twice that is accepted, as a PiSSA adapter is saved with rank ``2 r``."""
-    full = min(d_in, d_out)
-    why = f"rank(B A) <= min(d_in, d_out) = {full} (twice that is accepted: PiSSA saves rank 2r)"
-    check_size(field, r, 2 * full, module_name, why)
-
-
-def rows_for_batch(rows: list[str], batch: int) -> list[str]:
-    """Per-row adapter names for a batch; beam search and ``num_return_sequences`` repeat each input
-    row k times in a row (``repeat_interleave``), so the names are repeated the same way."""
-    if batch % len(rows):
-        raise AdapterError(f"adapter_names has {len(rows)} entries but the batch has {batch} rows")
-    k = batch // len(rows)
-    return [r for r in rows for _ in range(k)]
 
 
 def adapter_layers(model: nn.Module) -> Iterator[tuple[str, AdapterLayer]]:
@@ -204,3 +182,25 @@ def adapter_layers(model: nn.Module) -> Iterator[tuple[str, AdapterLayer]]:
     for name, module in model.named_modules():
         if isinstance(module, AdapterLayer):
             yield name, module
+
+
+def get_parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
+    parent_path, _, attr = path.rpartition(".")
+    return (model.get_submodule(parent_path) if parent_path else model), attr
+
+
+def attach(model: nn.Module, path: str, layer_cls: type[AdapterLayer], method: str) -> AdapterLayer:
+    """The ``layer_cls`` layer at ``path``: the one already there (its adapters are joined), or a new
+    one wrapping the module there. A layer of another method at ``path`` is an error."""
+    parent, attr = get_parent(model, path)
+    current = getattr(parent, attr)
+    if isinstance(current, layer_cls):
+        return current
+    if isinstance(current, AdapterLayer):
+        raise TargetError(
+            f"{path} already holds a {type(current).__name__}; {method} cannot join it (remove that "
+            "adapter, or keep this method off the module with exclude_modules)"
+        )
+    layer = layer_cls(current)
+    setattr(parent, attr, layer)
+    return layer

@@ -16,11 +16,14 @@ from torch import nn
 from . import checkpoint as ckpt
 from .config import PeftConfig
 from .errors import AdapterError, CheckpointError
-from .input_adapter import PEFT_KEY, forward_with_virtual_tokens
-from .layer import BASE_ROW, AdapterLayer, adapter_layers, rows_for_batch
+from .figures import Heatmap
+from .layer import AdapterLayer, adapter_layers, get_parent
 from .modules_to_save import wrap_modules_to_save
 from .quantization import dequantize_model, logical_numel, quantized_layers
-from .registry import get_method, get_parent, method_for_saved_config
+from .registry import get_method, method_for_saved_config
+from .rows import BASE_ROW, RowContext, Tasks, current_rows, routed
+from .virtual import VirtualTokenStage
+from .virtual.stage import batch_size
 
 
 @dataclass(frozen=True)
@@ -55,9 +58,7 @@ class PeftModel(nn.Module):
         self.targets: dict[str, list[str]] = {}
         self.extra_params: dict[str, list[str]] = {}
         self.active_adapters: list[str] = []
-        self.input_adapters = nn.ModuleDict()  # model-level adapters (virtual tokens), by adapter name
-        self._inputs_disabled = False
-        self._tasks: str | list[str] | None = None  # task-conditioned adapters (AdaPtLoRA): see task()
+        self.prompt_encoder = VirtualTokenStage()  # the virtual-token stage (peft's attribute name)
         trainable = _trainable_flags(model)
         for p in model.parameters():
             p.requires_grad_(False)
@@ -131,9 +132,8 @@ class PeftModel(nn.Module):
     def _add(self, adapter_name: str, config: PeftConfig) -> None:
         method = get_method(config)
         targets = method.inject(self.base_model, config, adapter_name)
-        input_adapter = method.input_adapter(self.base_model, config, dict(self.input_adapters))
-        if input_adapter is not None:
-            self.input_adapters[adapter_name] = input_adapter
+        tokens = method.virtual_tokens(self.base_model, config, dict(self.prompt_encoder))
+        self.prompt_encoder.add(adapter_name, tokens)
         if config.modules_to_save:
             wrap_modules_to_save(self.base_model, config.modules_to_save, adapter_name)
         self.peft_config[adapter_name] = config
@@ -174,12 +174,11 @@ class PeftModel(nn.Module):
                 setattr(parent, attr, layer.base)
         for table in (self.peft_config, self.targets, self.extra_params):
             table.pop(adapter_name, None)
-        if adapter_name in self.input_adapters:
-            del self.input_adapters[adapter_name]
+        self.prompt_encoder.delete(adapter_name)
         self.active_adapters = [a for a in self.active_adapters if a != adapter_name]
 
     def _refresh_trainable(self) -> None:
-        for p in [*self.base_model.parameters(), *self.input_adapters.parameters()]:
+        for p in [*self.base_model.parameters(), *self.prompt_encoder.parameters()]:
             p.requires_grad_(False)
         for name in self.active_adapters:
             if self.peft_config[name].inference_mode:
@@ -190,8 +189,7 @@ class PeftModel(nn.Module):
     def _adapter_parameters(self, name: str) -> Iterator[nn.Parameter]:
         for _, layer in self.layers():
             yield from layer.adapter_parameters(name)
-        if name in self.input_adapters:
-            yield from self.input_adapters[name].parameters()
+        yield from self.prompt_encoder.adapter_parameters(name)
         params = dict(self.base_model.named_parameters())
         yield from (params[n] for n in self.extra_params[name])
 
@@ -203,11 +201,11 @@ class PeftModel(nn.Module):
         layers = [layer for _, layer in self.layers()]
         for layer in layers:
             layer.disabled = True
-        self._inputs_disabled = True
+        self.prompt_encoder.disabled = True
         try:
             yield self
         finally:
-            self._inputs_disabled = False
+            self.prompt_encoder.disabled = False
             for layer in layers:
                 layer.disabled = False
 
@@ -235,19 +233,21 @@ class PeftModel(nn.Module):
         for name, config, method in self._training_adapters():
             method.after_optimizer_step(self.base_model, config, name, step)
 
-    def write_figures(self, out_dir: str | Path) -> list[Path]:
-        """Each adapter's own figures (AdaLoRA's rank map, AdaPtLoRA's gates) as PNGs in ``out_dir``."""
-        paths: list[Path] = []
-        for name, config in self.peft_config.items():
-            paths += get_method(config).figures(self.base_model, config, name, Path(out_dir))
-        return paths
+    def figures(self) -> list[Heatmap]:
+        """Each adapter's own figures (AdaLoRA's rank map, AdaPtLoRA's gates), as data: draw them with
+        :func:`peftkit.plotting.write_figures`."""
+        return [
+            fig
+            for name, config in self.peft_config.items()
+            for fig in get_method(config).figures(self.base_model, config, name)
+        ]
 
     # ---- merging ---------------------------------------------------------------------------------
     def merge_adapter(self, adapter_names: list[str] | None = None) -> None:
         """Fold adapters into the base weights (zero-latency inference). Merging twice is a no-op."""
         names = adapter_names or self.active_adapters
         self._check_known(names)
-        virtual = [n for n in names if n in self.input_adapters]
+        virtual = [n for n in names if n in self.prompt_encoder]
         if virtual:
             raise AdapterError(f"adapters {virtual} add virtual tokens, which cannot be merged into weights")
         for _, layer in self.layers():
@@ -261,7 +261,7 @@ class PeftModel(nn.Module):
         for path, layer in list(self.layers()):
             parent, attr = get_parent(self.base_model, path)
             setattr(parent, attr, pick(layer))
-        for table in (self.peft_config, self.targets, self.extra_params, self.input_adapters):
+        for table in (self.peft_config, self.targets, self.extra_params, self.prompt_encoder):
             table.clear()
         self.active_adapters = []
         self.base_model._peftkit_wrapped = False  # the bare base again: it may be wrapped anew
@@ -281,7 +281,9 @@ class PeftModel(nn.Module):
         """Remove every adapter (unmerging first) and return the original base model."""
         self.unmerge_adapter()
         for _, layer in self.layers():
-            for name in layer.adapter_names():
+            for name in reversed(
+                layer.adapter_names()
+            ):  # the last added first: fusions before their adapters
                 layer.delete(name)
         return self._replace_layers(lambda layer: layer.base)
 
@@ -290,87 +292,27 @@ class PeftModel(nn.Module):
 
     # ---- forward ---------------------------------------------------------------------------------
     @contextmanager
-    def _row_adapters(self, adapter_names: list[str] | None):
-        if adapter_names is None:
-            yield
-            return
-        self._check_known([n for n in adapter_names if n != BASE_ROW])
-        layers = [layer for _, layer in self.layers()]
-        if any(layer.merged for layer in layers):
-            raise AdapterError("a mixed-adapter batch needs unmerged adapters; call unmerge_adapter() first")
-        for layer in layers:
-            layer.row_adapters = list(adapter_names)
-        try:
-            yield
-        finally:
-            for layer in layers:
-                layer.row_adapters = None
-
-    @contextmanager
-    def task(self, name: str | list[str]):
-        """Inside the block, rows run as task ``name`` (or ``name[i]`` per row) for task-conditioned
+    def task(self, name: Tasks):
+        """Inside the block, forwards run as task ``name`` (or ``name[i]`` per row) for task-conditioned
         adapters (AdaPtLoRA): forward, evaluation and decoding alike."""
-        previous, self._tasks = self._tasks, name
-        try:
+        with routed(RowContext.of(tasks=name)):
             yield self
-        finally:
-            self._tasks = previous
 
-    @contextmanager
-    def _row_tasks(self, tasks: str | list[str] | None):
-        """Tell every task-conditioned module (a ``set_row_tasks`` method) the rows' tasks."""
-        if tasks is None:
-            yield
-            return
-        modules = [m for m in self.modules() if callable(getattr(m, "set_row_tasks", None))]
-        for module in modules:
-            module.set_row_tasks(tasks)
-        try:
-            yield
-        finally:
-            for module in modules:
-                module.set_row_tasks(None)
-
-    def forward(
-        self, *args, adapter_names: list[str] | None = None, tasks: str | list[str] | None = None, **kwargs
-    ):
+    def forward(self, *args, adapter_names: list[str] | None = None, tasks: Tasks = None, **kwargs):
         """Forward through the base; ``adapter_names`` gives each row its own adapter ('__base__': none),
-        ``tasks`` each row its task (task-conditioned adapters such as AdaPtLoRA; or use :meth:`task`)."""
-        tasks = self._tasks if tasks is None else tasks
-        with self._row_adapters(adapter_names), self._row_tasks(tasks):
-            rows = self._input_rows(adapter_names, args, kwargs, tasks)
-            if rows is None:
-                return self.base_model(*args, **kwargs)
-            return forward_with_virtual_tokens(self.base_model, args, kwargs, rows)
+        ``tasks`` each row its task (task-conditioned adapters such as AdaPtLoRA; or use :meth:`task`).
+        The routing is made current for the call (:mod:`peftkit.rows`); layers and the virtual-token
+        stage read it."""
+        if adapter_names is not None:
+            self._check_mixable(adapter_names)
+        tasks = current_rows().tasks if tasks is None else tasks
+        with routed(RowContext.of(adapter_names, tasks, batch_size(args, kwargs))):
+            return self.prompt_encoder.run(self.base_model, args, kwargs, self.active_adapters)
 
-    def _input_rows(
-        self, adapter_names: list[str] | None, args: tuple, kwargs: dict, tasks: str | list[str] | None = None
-    ) -> list | None:
-        """Each row's model-level adapter (None: none), or None when no row of the batch has one."""
-        if self._inputs_disabled or not len(self.input_adapters):
-            return None
-        if adapter_names is None:
-            adapter_names = [n for n in self.active_adapters if n in self.input_adapters]
-            if len(adapter_names) > 1:
-                raise AdapterError(
-                    f"adapters {adapter_names} each add virtual tokens; activate one, or give each row "
-                    "its adapter with adapter_names="
-                )
-        ref = kwargs.get("input_ids", kwargs.get("inputs_embeds", args[0] if args else None))
-        if not adapter_names or ref is None:
-            return None
-        mine = dict(self.input_adapters)
-        rows = [mine.get(n) for n in adapter_names]
-        if not any(r is not None for r in rows):
-            return None
-        rows = rows_for_batch(rows, ref.shape[0])
-        per_row = (
-            [tasks] * len(rows)
-            if tasks is None or isinstance(tasks, str)
-            else rows_for_batch(tasks, len(rows))
-        )
-        # a task-conditioned adapter serves each row with its task's view (AdaPtLoRA's prompt per task)
-        return [r.for_task(t) if hasattr(r, "for_task") else r for r, t in zip(rows, per_row)]
+    def _check_mixable(self, adapter_names: list[str]) -> None:
+        self._check_known([n for n in adapter_names if n != BASE_ROW])
+        if any(layer.merged for _, layer in self.layers()):
+            raise AdapterError("a mixed-adapter batch needs unmerged adapters; call unmerge_adapter() first")
 
     def generate(
         self,
@@ -413,8 +355,7 @@ class PeftModel(nn.Module):
         self._check_known([adapter_name])
         prefix = get_method(self.peft_config[adapter_name]).key_prefix
         out: dict[str, torch.Tensor] = {}
-        if adapter_name in self.input_adapters:
-            out.update(self.input_adapters[adapter_name].peft_state_dict())
+        out.update(self.prompt_encoder.adapter_state_dict(adapter_name))
         for path, layer in self.layers():
             export = getattr(layer, "export_state_dict", layer.adapter_state_dict)
             out.update({f"{prefix}{path}.{k}": v for k, v in export(adapter_name).items()})
@@ -424,10 +365,9 @@ class PeftModel(nn.Module):
 
     def load_adapter_state_dict(self, adapter_name: str, state: dict[str, torch.Tensor]) -> None:
         """Inverse of :meth:`adapter_state_dict`: every key must land, every adapter tensor be given."""
-        state, prefix = dict(state), get_method(self.peft_config[adapter_name]).key_prefix
-        if adapter_name in self.input_adapters:
-            self.input_adapters[adapter_name].load_peft_state_dict({PEFT_KEY: state.pop(PEFT_KEY, None)})
-            self._refresh_trainable()  # loading bakes a reparametrisation into new parameters
+        prefix = get_method(self.peft_config[adapter_name]).key_prefix
+        state = self.prompt_encoder.load_adapter_state_dict(adapter_name, state)
+        self._refresh_trainable()  # loading bakes a reparametrisation into new parameters
         bad = [k for k in state if not k.startswith(prefix)]
         if bad:
             raise CheckpointError(f"keys without the '{prefix}' prefix: {bad[:3]}")

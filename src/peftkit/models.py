@@ -23,6 +23,9 @@ from typing import Any
 
 import torch
 
+from .names import register_name_resolver
+from .quantization import quantize_model, strip_gguf_quantization
+
 logger = logging.getLogger(__name__)
 
 MARKER = ".peftkit-complete"
@@ -101,6 +104,10 @@ def resolve_model_path(name_or_path: str) -> str:
     return _resolve_hub(name_or_path)
 
 
+register_name_resolver(resolve_model_path)  # the library resolves names given to it (prompt-tuning
+# tokenizers) through the catalogue, without importing it
+
+
 def load_model(
     name_or_path: str,
     task: str = "causal-lm",
@@ -126,8 +133,6 @@ def load_model(
     if task in GENERATORS:
         _check_head(model, name_or_path, task, info.get("missing_keys") or [])
     if quantize:
-        from .quantization import quantize_model
-
         quantize_model(model, quantize, compute_dtype)
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
@@ -292,25 +297,11 @@ def _load_gguf(source: Path) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def _strip_quantization(model: Any) -> None:
-    """Drop the GGUF quantisation state so that ``save_pretrained`` accepts the dequantised model."""
-    quantizer = getattr(model, "hf_quantizer", None)
-    if quantizer is not None and hasattr(quantizer, "remove_quantization_config"):
-        quantizer.remove_quantization_config(model)
-    for config in {id(m.config): m.config for m in model.modules() if hasattr(m, "config")}.values():
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        config._is_quantized = False
-    if hasattr(model, "quantization_method"):
-        del model.quantization_method
-    model.hf_quantizer, model.is_quantized = None, False
-
-
 def _convert_gguf(source: Path, out_dir: Path) -> None:
     """Write ``source`` (GGUF) to ``out_dir`` as float32 safetensors + config + tokenizer."""
     logger.info("Converting %s to a transformers directory (one-time, ~30 s)", source.name)
     model, tokenizer = _load_gguf(source)
-    _strip_quantization(model)
+    strip_gguf_quantization(model)
     model.to(torch.float32)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from .errors import AdapterError, TargetError
-from .layer import BASE_ROW, AdapterLayer, rows_for_batch
-from .registry import get_parent
+from .layer import AdapterLayer, attach
+from .rows import current_rows, mix_rows
 from .targeting import iter_modules, name_matches
 
 
@@ -61,20 +61,14 @@ class ModulesToSaveWrapper(AdapterLayer):
             return self.modules_to_save[name]
         return self.original_module
 
-    def forward(self, *args, **kwargs):
-        if self.row_adapters is None or self.disabled:
-            return self._chosen()(*args, **kwargs)
-        return self._mixed(*args, **kwargs)
+    def forward(self, x: torch.Tensor, *args, **kwargs):
+        if self.disabled or not current_rows().mixed:
+            return self._chosen()(x, *args, **kwargs)
 
-    def _mixed(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        rows = rows_for_batch(self.row_adapters, x.shape[0])
-        out = self.original_module(x, *args, **kwargs).clone()
-        for name in dict.fromkeys(rows):
-            if name == BASE_ROW or name not in self.modules_to_save:
-                continue
-            idx = torch.tensor([i for i, r in enumerate(rows) if r == name], device=x.device)
-            out[idx] = self.modules_to_save[name](x[idx], *args, **kwargs).to(out.dtype)
-        return out
+        def copy_of(name: str, rows: torch.Tensor) -> torch.Tensor:
+            return self.modules_to_save[name](x[rows], *args, **kwargs)
+
+        return mix_rows(self.original_module(x, *args, **kwargs), self.modules_to_save, copy_of, add=False)
 
     def unwrapped(self) -> nn.Module:
         """What replaces the wrapper on ``merge_and_unload``: the active copy, else the original."""
@@ -87,15 +81,5 @@ def wrap_modules_to_save(model: nn.Module, names: list[str], adapter_name: str) 
     if not paths:
         raise TargetError(f"modules_to_save={names} matched no module of {type(model).__name__}")
     for path in paths:
-        parent, attr = get_parent(model, path)
-        current = getattr(parent, attr)
-        if not isinstance(current, ModulesToSaveWrapper):
-            if isinstance(current, AdapterLayer):
-                raise TargetError(
-                    f"{path} is adapted by {type(current).__name__}; it cannot also be in modules_to_save"
-                )
-            current = ModulesToSaveWrapper(current)
-            setattr(parent, attr, current)
-        current.add(adapter_name)
-        current.train(current.original_module.training)
+        attach(model, path, ModulesToSaveWrapper, "modules_to_save").join(adapter_name, None, path)
     return paths

@@ -404,10 +404,10 @@ def _figures(model: PeftModel, out: Path) -> tuple[str | None, list[str]]:
     """The training plot and the methods' own figures (e.g. AdaLoRA's rank map), when they can be drawn."""
     plot, figures = None, []
     try:
-        from .plotting import plot_metrics
+        from .plotting import plot_metrics, write_figures
 
         plot = str(plot_metrics(out / "metrics.jsonl", out / "training.png"))
-        figures = [str(f) for f in model.write_figures(out)]
+        figures = [str(f) for f in write_figures(model, out)]
     except ImportError as err:
         print(f"no plot: {err}")
     return plot, figures

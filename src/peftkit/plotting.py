@@ -132,3 +132,11 @@ def annotate(ax: Axes, data: Any) -> None:
     for (i, j), value in np.ndenumerate(data):
         color = "k" if value > middle else "w"
         ax.text(j, i, f"{value:.3g}", ha="center", va="center", fontsize=7, color=color)
+
+
+def write_figures(model: Any, out_dir: str | Path) -> list[Path]:
+    """Draw every figure ``model`` describes (:meth:`peftkit.PeftModel.figures`) as ``out_dir/<name>.png``."""
+    return [
+        plot_heatmap(fig.grid, fig.rows, fig.cols, fig.title, Path(out_dir) / f"{fig.name}.png")
+        for fig in model.figures()
+    ]

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .nn_types import output_head_names
+
 QUANT_TYPES = ("nf4",)
 INSTALL_HINT = (
     "4-bit quantisation needs bitsandbytes (>= 0.50 for NF4 on CPU): pip install 'peftkit[quant]' "
@@ -69,12 +71,10 @@ def quantize_model(
     the loss and decoding read. ``compute_dtype``: the dtype the 4-bit weights are dequantised to
     for each matmul.
     """
-    from .targeting import output_head_names
-
     if quant_type not in QUANT_TYPES:
         raise ValueError(f"quantize={quant_type!r}: peftkit quantises to one of {list(QUANT_TYPES)}")
     require_bitsandbytes()
-    keep = output_head_names(model) | set(skip)
+    keep = output_head_names(model, model.named_modules()) | set(skip)
     targets = [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear and n not in keep]
     if not targets:
         raise ValueError(f"{type(model).__name__} has no nn.Linear layer to quantise")
@@ -171,10 +171,23 @@ def dequantize_model(model: nn.Module) -> nn.Module:
 
 def strip_quantization_config(model: nn.Module) -> None:
     """After merging into dequantised layers: the model is a full-precision one again, and saves as such."""
-    from .models import _strip_quantization
-
-    _strip_quantization(model)
+    strip_gguf_quantization(model)
     model.is_loaded_in_4bit = False
+
+
+def strip_gguf_quantization(model: Any) -> None:
+    """Drop transformers' quantisation state (GGUF, bitsandbytes), so that ``save_pretrained`` accepts
+    the dequantised model."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None and hasattr(quantizer, "remove_quantization_config"):
+        quantizer.remove_quantization_config(model)
+    for config in {id(m.config): m.config for m in model.modules() if hasattr(m, "config")}.values():
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config._is_quantized = False
+    if hasattr(model, "quantization_method"):
+        del model.quantization_method
+    model.hf_quantizer, model.is_quantized = None, False
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from torch import nn
 
 from .config import PeftConfig
 from .errors import ConfigError, TargetError
-from .layer import AdapterLayer
+from .figures import Heatmap
+from .layer import AdapterLayer, attach
 from .targeting import find_targets
 
 # keys peft writes into adapter_config.json that carry no meaning for peftkit's maths
@@ -50,11 +51,12 @@ class Method:
         """Names of base-model parameters this config also trains and saves (e.g. biases)."""
         return []
 
-    def input_adapter(
+    def virtual_tokens(
         self, model: nn.Module, config: PeftConfig, others: dict[str, nn.Module]
     ) -> nn.Module | None:
-        """Model-level methods (virtual tokens) return the module that transforms the model's inputs
-        (see :mod:`peftkit.input_adapter`); ``others`` are the model's existing ones, by adapter name."""
+        """Virtual-token methods return their :class:`~peftkit.virtual.InputAdapter`, which the model's
+        virtual-token stage runs (:mod:`peftkit.virtual`); ``others`` are the model's existing ones, by
+        adapter name."""
         return None
 
     # ---- training hooks: PeftModel calls them for each active, trainable adapter of the method ---
@@ -72,8 +74,8 @@ class Method:
     ) -> None:
         """Called after optimizer step ``step`` (0-based), before gradients are cleared."""
 
-    def figures(self, model: nn.Module, config: PeftConfig, adapter_name: str, out_dir: Any) -> list[Any]:
-        """PNG files describing the trained adapter (written into ``out_dir``); their paths."""
+    def figures(self, model: nn.Module, config: PeftConfig, adapter_name: str) -> list[Heatmap]:
+        """Figures describing the trained adapter, as data (the application draws them)."""
         return []
 
     # ---- peft's adapter_config.json -----------------------------------------------------------
@@ -117,26 +119,8 @@ class LayerMethod(Method):
     def inject(self, model: nn.Module, config: PeftConfig, adapter_name: str) -> list[str]:
         targets = find_targets(model, config, tuple(self.layer_types), self.name)
         for path, module in targets:
-            parent, attr = get_parent(model, path)
-            current = getattr(parent, attr)
-            if isinstance(current, AdapterLayer):
-                if not isinstance(current, self.layer_class(module)):
-                    raise TargetError(
-                        f"{path} already holds a {type(current).__name__}; {self.name} cannot join it"
-                    )
-                current.add(adapter_name, config, path)
-                current.train(module.training)  # new sub-modules follow the model's train/eval mode
-            else:
-                layer = self.layer_class(module)(module)
-                layer.add(adapter_name, config, path)
-                layer.train(module.training)
-                setattr(parent, attr, layer)
+            attach(model, path, self.layer_class(module), self.name).join(adapter_name, config, path)
         return [p for p, _ in targets]
-
-
-def get_parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
-    parent_path, _, attr = path.rpartition(".")
-    return (model.get_submodule(parent_path) if parent_path else model), attr
 
 
 _METHODS: dict[str, Method] = {}

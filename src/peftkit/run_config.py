@@ -176,26 +176,35 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def flag_fields() -> dict[str, list[tuple[str, str]]]:
-    """Every settable field per section, with its help text, for building ``--section.field`` flags."""
+def flag_fields(method: str | None = None) -> dict[str, list[tuple[str, str, bool]]]:
+    """Every settable field per section as ``(name, help, shown)``, for ``--section.field`` flags. Every
+    method's adapter fields are there (any can be set), but only the fields all methods share and, when
+    ``method`` is given, that method's own are shown in ``--help``."""
+    from .config import PeftConfig
     from .registry import list_methods
 
     out = {
-        name: [(f.name, _help(cls, f.name)) for f in dataclasses.fields(cls)]
+        name: [(f.name, _help(cls, f.name), True) for f in dataclasses.fields(cls)]
         for name, cls in SECTIONS.items()
     }
-    adapter: dict[str, str] = {"method": f"adapter method, one of {list_methods()}"}
-    for method in list_methods():
-        for f in dataclasses.fields(get_method(method).config_class):
-            adapter.setdefault(f.name, f"{method} config field")
-    out["adapter"] = sorted(adapter.items())
+    shared = {f.name for f in dataclasses.fields(PeftConfig)}
+    adapter = {"method": (f"adapter method, one of {list_methods()}", True)}
+    for name in [method, *list_methods()] if method in list_methods() else list_methods():
+        for f in dataclasses.fields(get_method(name).config_class):
+            shown = f.name in shared or name == method
+            adapter.setdefault(f.name, (_help(get_method(name).config_class, f.name), shown))
+    out["adapter"] = sorted((name, text, shown) for name, (text, shown) in adapter.items())
     return out
 
 
 def _help(cls: type, name: str) -> str:
+    """The field's description from its config's docstring, with its type and default."""
+    from .config import field_docs
+
     default = {f.name: f for f in dataclasses.fields(cls)}[name]
     value = default.default if default.default is not dataclasses.MISSING else "(empty)"
-    return f"{cls.__name__}.{name} (default: {value})"
+    text = field_docs(cls).get(name, f"{cls.__name__}.{name}")
+    return f"{text} (default: {value})".replace("%", "%%")  # argparse formats help with %
 
 
 def _flag_value(key: str, raw: Any) -> Any:

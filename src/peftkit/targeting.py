@@ -13,18 +13,13 @@ from collections.abc import Iterator
 
 from torch import nn
 
+from . import nn_types
 from .config import PeftConfig, Targets
 from .errors import TargetError
 from .layer import AdapterLayer
+from .nn_types import linear_types
 
-OUTPUT_HEAD_NAMES = ("lm_head", "score", "classifier", "qa_outputs")
 LAYER_LIST_NAMES = ("layers", "layer", "h", "block", "blocks", "encoder.layer", "decoder.layers")
-
-
-def linear_types() -> tuple[type, ...]:
-    from transformers.pytorch_utils import Conv1D
-
-    return (nn.Linear, Conv1D)
 
 
 def iter_modules(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
@@ -55,15 +50,8 @@ def layer_index(name: str, layers_pattern: str | None = None) -> int | None:
 
 
 def output_head_names(model: nn.Module) -> set[str]:
-    heads = {n for n, _ in iter_modules(model) if n.split(".")[-1] in OUTPUT_HEAD_NAMES}
-    get_out = getattr(model, "get_output_embeddings", None)
-    if not callable(get_out):  # a plain torch module: its last Linear is the output head
-        linears = [n for n, m in iter_modules(model) if isinstance(m, linear_types())]
-        return heads | set(linears[-1:])
-    out = get_out()
-    if out is not None:
-        heads |= {n for n, m in iter_modules(model) if m is out}
-    return heads
+    """The output head's paths, an adapter layer standing for the module it wraps."""
+    return nn_types.output_head_names(model, iter_modules(model))
 
 
 def _candidates(model: nn.Module, config: PeftConfig) -> list[tuple[str, nn.Module]]:

@@ -33,18 +33,23 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; ``argv`` tells ``train --help`` which method's adapter fields to list."""
     parser = argparse.ArgumentParser(prog="peftkit", description="Parameter-efficient fine-tuning toolkit.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module in COMMANDS.items():
         # no abbreviations: `--adapter.rank 4` must not silently set --adapter.rank_pattern
         command = sub.add_parser(name, help=module.HELP, description=module.__doc__, allow_abbrev=False)
-        module.add_parser(command)
+        if module is train_cmd:
+            module.add_parser(command, method=train_cmd.requested_method(argv or []))
+        else:
+            module.add_parser(command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     try:
         return COMMANDS[args.command].run(args) or 0
     except EXPECTED_ERRORS as err:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigError
 from .common import add_model_args, load_with_adapter
@@ -107,8 +109,6 @@ def proxy_hook(args: argparse.Namespace, model):
         return None
     if not args.proxy_expert:
         raise ValueError("--proxy-antiexpert needs --proxy-expert (the tuned small model or adapter folder)")
-    from ..composition.proxy import load_proxy
-
     return load_proxy(model, args.proxy_expert, args.proxy_antiexpert, args.proxy_alpha, args.allow_pickle)
 
 
@@ -148,3 +148,21 @@ def run(args: argparse.Namespace) -> int:
             cut_at_stop_string(tok.decode(out.new_tokens[0], skip_special_tokens=True), config.stop_strings)
         )
     return 0
+
+
+def load_proxy(model: Any, expert: str, antiexpert: str, alpha: float = 1.0, allow_pickle: bool = False):
+    """Build the hook from paths (the CLI's ``--proxy-*``): ``expert`` is an adapter folder (applied
+    to ``antiexpert``, one model in memory) or a full model (name or folder) beside ``antiexpert``."""
+    from ..composition.proxy import proxy_tuning_hook
+    from ..model import PeftModel
+    from ..models import load_model
+
+    if not antiexpert:
+        raise ConfigError("proxy-antiexpert", "missing: name the untuned small model (e.g. smollm2-135m)")
+    small, _ = load_model(antiexpert, task="causal-lm")
+    small.eval()
+    if (Path(expert) / "adapter_config.json").is_file():
+        tuned = PeftModel.from_pretrained(small, expert, allow_pickle=allow_pickle).eval()
+        return proxy_tuning_hook(model, tuned, alpha=alpha)
+    tuned, _ = load_model(expert, task="causal-lm")
+    return proxy_tuning_hook(model, tuned.eval(), small, alpha=alpha)

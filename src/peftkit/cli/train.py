@@ -16,7 +16,9 @@ import signal
 HELP = "train an adapter (no arguments: the built-in demo on SmolLM2-135M)"
 
 
-def add_parser(p: argparse.ArgumentParser) -> None:
+def add_parser(p: argparse.ArgumentParser, method: str | None = None) -> None:
+    """``method`` (from ``--adapter.method`` on the command line): whose fields ``--help`` lists."""
+    from ..registry import list_methods
     from ..run_config import flag_fields
 
     p.add_argument(
@@ -41,12 +43,28 @@ def add_parser(p: argparse.ArgumentParser) -> None:
         "--demo-train", type=int, default=None, help="generated training examples (default 2000)"
     )
     demo.add_argument("--demo-eval", type=int, default=None, help="held-out examples (default 64)")
-    for section, fields in flag_fields().items():
-        group = p.add_argument_group(f"{section} section (value parsed as YAML)")
-        for name, help_text in fields:
+    for section, fields in flag_fields(method).items():
+        about = f"{section} section (value parsed as YAML)"
+        if section == "adapter" and method not in list_methods():
+            about += "; a method's own fields: peftkit train --adapter.method METHOD --help"
+        group = p.add_argument_group(about)
+        for name, help_text, shown in fields:
             group.add_argument(
-                f"--{section}.{name}", dest=f"set:{section}.{name}", metavar="V", help=help_text
+                f"--{section}.{name}",
+                dest=f"set:{section}.{name}",
+                metavar="V",
+                help=help_text if shown else argparse.SUPPRESS,
             )
+
+
+def requested_method(argv: list[str]) -> str | None:
+    """The value of ``--adapter.method`` in ``argv`` (``--adapter.method lora`` or ``=lora``), if any."""
+    for i, arg in enumerate(argv):
+        if arg == "--adapter.method" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--adapter.method="):
+            return arg.partition("=")[2]
+    return None
 
 
 def overrides(args: argparse.Namespace) -> dict[str, str]:

@@ -18,15 +18,13 @@ Two layouts:
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
 from ..config import check_finite
 from ..decoding import ModelLogitsHook
 from ..errors import ConfigError
-from ..layer import BASE_ROW
+from ..rows import BASE_ROW
 
 
 def vocabulary_size(model: nn.Module) -> int:
@@ -94,22 +92,3 @@ def proxy_tuning_hook(
     check_vocabularies(model, expert, expert)
     rows = [{"adapter_names": [name]}, {"adapter_names": [BASE_ROW]}]  # any batch: one name per row
     return ModelLogitsHook([expert, expert], proxy_combine(alpha), rows)
-
-
-def load_proxy(
-    model: nn.Module, expert: str, antiexpert: str, alpha: float = 1.0, allow_pickle: bool = False
-) -> ModelLogitsHook:
-    """Build the hook from paths (the CLI's ``--proxy-*``): ``expert`` is an adapter folder (applied
-    to ``antiexpert``, one model in memory) or a full model (name or folder) beside ``antiexpert``."""
-    from ..model import PeftModel
-    from ..models import load_model
-
-    if not antiexpert:
-        raise ConfigError("proxy-antiexpert", "missing: name the untuned small model (e.g. smollm2-135m)")
-    small, _ = load_model(antiexpert, task="causal-lm")
-    small.eval()
-    if (Path(expert) / "adapter_config.json").is_file():
-        tuned = PeftModel.from_pretrained(small, expert, allow_pickle=allow_pickle).eval()
-        return proxy_tuning_hook(model, tuned, alpha=alpha)
-    tuned, _ = load_model(expert, task="causal-lm")
-    return proxy_tuning_hook(model, tuned.eval(), small, alpha=alpha)

@@ -12,7 +12,8 @@ from .collate import Collator, batches
 from .errors import DataError
 from .readers import FORMATS, ReadResult, load_hub_dataset, read_records
 from .sft import IGNORE_INDEX, fit_prompt_response, sft_prompt
-from .tasks import MODEL_KINDS, TASK_TYPES, Encoded, EncodeStats, TaskSpec, encode
+from .spec import MODEL_KINDS, TASK_TYPES, TaskSpec
+from .tasks import Encoded, EncodeStats, encode
 
 __all__ = [
     "FORMATS",

@@ -17,7 +17,7 @@ trained, with or without adapters: :func:`cloze_logits` just calls the model.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,9 +25,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ._common import Row, fit_text, get_field, token_ids
-
-if TYPE_CHECKING:
-    from .tasks import RowEncoder, TaskSpec
+from .spec import RowEncoder, TaskSpec, label_index, lookup_label
 
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 
@@ -88,7 +86,6 @@ def cloze_row_encoder(tokenizer: Any, spec: TaskSpec) -> RowEncoder:
 
     Too long a text is cut at its end, keeping the template around it.
     """
-    from .tasks import label_index, lookup_label
 
     verbalizer_token_ids(tokenizer, spec)  # fail early on a bad verbalizer
     index = label_index(spec)

@@ -10,13 +10,11 @@ render prompts with the same :func:`sft_prompt` so that it sees exactly what tra
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._common import Row, eos_id, get_field, row_name, token_ids
 from .errors import DataError
-
-if TYPE_CHECKING:
-    from .tasks import RowEncoder, TaskSpec
+from .spec import RowEncoder, TaskSpec
 
 IGNORE_INDEX = -100
 Message = dict[str, str]

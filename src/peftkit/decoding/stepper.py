@@ -27,7 +27,6 @@ each step (correct, slower) and a :class:`CacheUnusedWarning` says so.
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from dataclasses import dataclass
 
@@ -36,6 +35,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..kv_cache import cache_argument, filled_length, returned_cache
+from ..positions import real_positions
+from ..signature import accepts
 
 
 class CacheUnusedWarning(UserWarning):
@@ -54,14 +55,6 @@ def _config(model: nn.Module):
 
 def is_encoder_decoder(model: nn.Module) -> bool:
     return bool(getattr(_config(model), "is_encoder_decoder", False))
-
-
-def _accepts(model: nn.Module, name: str) -> bool:
-    try:
-        params = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):  # pragma: no cover - builtins
-        return False
-    return name in params
 
 
 def new_cache(model: nn.Module):
@@ -98,8 +91,8 @@ class ModelStepper:
         self.want_hidden = want_hidden
         self.forward_kwargs = forward_kwargs
         self.encoder_decoder = is_encoder_decoder(model)
-        self.use_positions = not self.encoder_decoder and _accepts(model, "position_ids")
-        self.last_logits_only = _accepts(model, "logits_to_keep")  # skip the head on the prompt
+        self.use_positions = not self.encoder_decoder and accepts(model, "position_ids")
+        self.last_logits_only = accepts(model, "logits_to_keep")  # skip the head on the prompt
         self.cache_arg = cache_argument(model)
         self.cache = None
         self.cached = True
@@ -167,8 +160,7 @@ class ModelStepper:
     def _positions(self, length: int) -> dict[str, torch.Tensor]:
         if not self.use_positions:
             return {}
-        positions = (self.mask.cumsum(-1) - 1).clamp(min=0)  # (B, T); padding sits at 0
-        return {"position_ids": positions[:, -length:]}
+        return {"position_ids": real_positions(self.mask)[:, -length:]}
 
     def _encoder_inputs(self) -> dict:
         if self.encoder_outputs is not None:

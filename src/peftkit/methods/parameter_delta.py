@@ -16,14 +16,9 @@ from torch import nn
 from torch.func import functional_call
 
 from ..errors import AdapterError, TargetError
-from ..layer import BASE_ROW, AdapterLayer
-from ..registry import get_parent
+from ..layer import AdapterLayer, attach
+from ..rows import current_rows, mix_rows
 from ..targeting import filter_targets, find_targets, iter_modules, name_matches
-
-
-def delta_dtype(param: torch.Tensor) -> torch.dtype:
-    """Deltas train in fp32 unless the base is already fp32/fp64."""
-    return param.dtype if param.dtype in (torch.float32, torch.float64) else torch.float32
 
 
 class ParameterDeltaLayer(AdapterLayer):
@@ -75,38 +70,36 @@ class ParameterDeltaLayer(AdapterLayer):
             if self.merged:
                 raise AdapterError("adapters are merged into the base; unmerge_adapter() before disabling")
             return self.base(*args, **kwargs)
-        if self.row_adapters is not None:
+        if current_rows().mixed:
             return self._mixed_forward(*args, **kwargs)
         return self.run([n for n in self.active if n not in self.merged], *args, **kwargs)
 
-    def row_names(self, batch: int) -> list[str]:
-        """Each input row's adapter: ``row_adapters`` repeated when the batch holds each row k times
-        in a row (beams, ``num_return_sequences``); any other leading size is an error."""
-        rows = self.row_adapters
-        if batch % len(rows):
+    def rows_of(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with one entry per row of the forward: an input with a leading 1 (positions shared by
+        every row) is broadcast over the batch; another leading size than the batch's (a table shared
+        by all rows, such as T5's relative position bias) cannot give rows different adapters."""
+        batch = current_rows().batch or x.shape[0]
+        if x.shape[0] == 1 and batch > 1:
+            return x.expand(batch, *x.shape[1:])  # (B, ...)
+        if x.shape[0] != batch:
             raise AdapterError(
-                f"adapter_names has {len(rows)} entries but {type(self.base).__name__} got an input with "
-                f"leading size {batch}"
+                f"{type(self.base).__name__} got an input with leading size {x.shape[0]} in a batch of "
+                f"{batch} rows: a module fed a table shared by all rows (e.g. T5's relative position "
+                "bias) cannot give rows different adapters; leave it out with exclude_modules"
             )
-        return [r for r in rows for _ in range(batch // len(rows))]
+        return x
 
     def _mixed_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        """Row ``i`` runs with adapter ``row_names[i]``; rows are split along ``x``'s first axis. An
-        input with a leading 1 (positions shared by every row) is broadcast over the batch first."""
-        if x.shape[0] == 1 and len(self.row_adapters) > 1:
-            x = x.expand(len(self.row_adapters), *x.shape[1:])  # (B, ...)
-        rows = self.row_names(x.shape[0])
+        """Row ``i`` runs with its own adapter's deltas; rows are split along ``x``'s first axis."""
+        x = self.rows_of(x)
         out = self.base(x, *args, **kwargs)
         if not isinstance(out, torch.Tensor):
             raise AdapterError(f"a mixed batch needs {type(self.base).__name__} to return one tensor")
-        out = out.clone()
-        held = self.adapter_names()
-        for name in dict.fromkeys(rows):
-            if name == BASE_ROW or name not in held:
-                continue
-            idx = torch.tensor([i for i, r in enumerate(rows) if r == name], device=x.device)
-            out[idx] = self.run([name], x[idx], *args, **kwargs).to(out.dtype)
-        return out
+
+        def with_deltas(name: str, rows: torch.Tensor) -> torch.Tensor:
+            return self.run([name], x[rows], *args, **kwargs)
+
+        return mix_rows(out, self.adapter_names(), with_deltas, add=False)
 
 
 # ---- targeting -----------------------------------------------------------------------------------
@@ -133,14 +126,8 @@ def wrap(
     model: nn.Module, path: str, layer_cls: type[AdapterLayer], config, adapter_name: str, method: str
 ) -> AdapterLayer:
     """Add adapter ``adapter_name`` at ``path``: to the ``layer_cls`` already there, or a new one."""
-    parent, attr = get_parent(model, path)
-    current = getattr(parent, attr)
-    if isinstance(current, AdapterLayer) and not isinstance(current, layer_cls):
-        raise TargetError(f"{path} already holds a {type(current).__name__}; {method} cannot join it")
-    layer = current if isinstance(current, layer_cls) else layer_cls(current)
-    layer.add(adapter_name, config, path)
-    layer.train(layer.base.training)  # new sub-modules follow the model's train/eval mode
-    setattr(parent, attr, layer)
+    layer = attach(model, path, layer_cls, method)
+    layer.join(adapter_name, config, path)
     return layer
 
 

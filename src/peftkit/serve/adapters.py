@@ -17,9 +17,10 @@ from pathlib import Path
 from torch import nn
 
 from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_config
-from ..layer import BASE_ROW, adapter_layers
+from ..layer import adapter_layers, get_parent
 from ..model import PeftModel
-from ..registry import get_parent, method_for_saved_config
+from ..registry import method_for_saved_config
+from ..rows import BASE_ROW
 from .protocol import ApiError
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,63}")
@@ -84,7 +85,7 @@ class AdapterTable:
 
     def virtual_placeholders(self, adapter: str) -> tuple[int, int] | None:
         """``(token id, count)`` a P-tuning template adapter needs in the prompt, else None."""
-        units = dict(getattr(self.model, "input_adapters", {}))
+        units = dict(getattr(self.model, "prompt_encoder", {}))
         unit = units.get(adapter)
         token = unit.replaces_tokens() if unit is not None else None
         return None if token is None else (token, unit.num_virtual_tokens)

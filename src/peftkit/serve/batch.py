@@ -5,7 +5,7 @@ cache, the real-token mask, the tokens fed and the per-row ``adapter_names``) is
 steps: rows prefilled together join the running rows, finished rows leave.
 
 The cache of a batch whose rows use virtual-token adapters has three regions along the sequence
-(see :func:`peftkit.input_adapter.transform_inputs`, which rebuilds that layout's mask on every call)::
+(see :func:`peftkit.virtual.transform_inputs`, which rebuilds that layout's mask on every call)::
 
     [ P prefix slots ][ T embedding slots ][ R real tokens ]
       right-aligned     right-aligned        left-padded
@@ -30,7 +30,7 @@ from torch import nn
 
 from ..decoding import ModelStepper
 from ..errors import ConfigError
-from ..layer import BASE_ROW
+from ..rows import BASE_ROW
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class Slots:
 
 def row_slots(model: nn.Module, adapter: str) -> Slots:
     """The slots adapter ``adapter`` (``BASE_ROW``: none) gives a row of ``model``."""
-    inputs = getattr(model, "input_adapters", None)
+    inputs = getattr(model, "prompt_encoder", None)
     if adapter == BASE_ROW or inputs is None or adapter not in inputs:
         return Slots()
     unit = inputs[adapter]
@@ -105,14 +105,14 @@ class RunningBatch:
             if layer.keys.shape[-2] != length:
                 raise RuntimeError(
                     f"cache holds {layer.keys.shape[-2]} positions, the layout {self.regions} expects "
-                    f"{length}: the model wrote virtual tokens where peftkit.input_adapter does not"
+                    f"{length}: the model wrote virtual tokens where peftkit.virtual does not"
                 )
 
     # ---- decoding ---------------------------------------------------------------------------------
     def step(self, model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row ``(B,)``; returns next-token logits ``(B, V)``."""
         self.stepper.model = model  # the wrapper may have changed (first adapter loaded)
-        if hasattr(model, "input_adapters"):
+        if hasattr(model, "prompt_encoder"):
             self.stepper.forward_kwargs["adapter_names"] = list(self.names)
         out = self.stepper.step(tokens)
         if not self.stepper.cached:

@@ -32,8 +32,8 @@ from ..decoding import ModelStepper
 from ..decoding import generate as engine_generate
 from ..decoding.processors import apply_penalties
 from ..decoding.search import pick
-from ..layer import BASE_ROW
 from ..model import PeftModel
+from ..rows import BASE_ROW
 from .adapters import AdapterTable
 from .batch import RunningBatch, check_cache_layout, row_slots
 from .jobs import Choice, Failed, Job
@@ -151,7 +151,7 @@ class Scheduler:
         return solo, joining
 
     def _forward_kwargs(self, names: list[str]) -> dict:
-        return {"adapter_names": names} if hasattr(self.table.model, "input_adapters") else {}
+        return {"adapter_names": names} if hasattr(self.table.model, "prompt_encoder") else {}
 
     def _join(self, jobs: list[Job]) -> None:
         """Prefill ``jobs`` together, pick their first tokens, merge their live rows into the batch."""

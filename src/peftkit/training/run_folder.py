@@ -21,7 +21,7 @@ from ..errors import ConfigError
 LOCK = ".peftkit.lock"
 # what runs write into their folder: the trainer, the pipeline and the demo, and methods' figures
 RUN_FILES = ("metrics.jsonl", "checkpoints", "run.yaml", "adapter", "summary.json", "training.png")
-RUN_FIGURES = ("ranks_*.png", "gates_*.png")  # PeftModel.write_figures (AdaLoRA, AdaPtLoRA)
+RUN_FIGURES = ("ranks_*.png", "gates_*.png")  # plotting.write_figures (AdaLoRA, AdaPtLoRA)
 TRASH = ".peftkit-replaced-"  # a replaced run's files, moved aside before they are removed
 
 _held: dict[Path, int] = {}  # folder -> descriptor of its lock file, for the folders this process holds

@@ -120,10 +120,16 @@ def start_schedule(model: nn.Module, config: AdaLoraConfig, name: str, length: i
         config.rank_pattern = _pattern(layers, name)
 
 
-def orthogonal_penalty(model: nn.Module, name: str) -> torch.Tensor | None:
-    """Mean over adapted modules of ``||P^T P - I||_F^2 + ||Q Q^T - I||_F^2``."""
-    terms = [la.orthogonality(name) for _, la in adalora_layers(model, name) if la.lora_E[name].numel()]
-    return torch.stack(terms).mean() if terms else None
+def orthogonal_penalty(model: nn.Module, name: str, form: str = "squared") -> torch.Tensor | None:
+    """``R(P, Q)`` of adapter ``name`` (see ``AdaLoraConfig.orth_reg_form``): the mean over modules of
+    ``||P^T P - I||_F^2 + ||Q Q^T - I||_F^2`` (``"squared"``, the paper), or the mean over every P and Q of
+    the unsquared norms (``"peft"``)."""
+    pairs = [la.orthogonality(name) for _, la in adalora_layers(model, name) if la.lora_E[name].numel()]
+    if not pairs:
+        return None
+    if form == "peft":
+        return torch.stack([torch.linalg.matrix_norm(m) for pair in pairs for m in pair]).mean()
+    return torch.stack([p.square().sum() + q.square().sum() for p, q in pairs]).mean()
 
 
 def rank_map(model: nn.Module, name: str) -> tuple[list[str], list[str], list[list[float]]]:

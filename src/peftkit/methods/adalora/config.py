@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...config import PeftConfig, check_positive, check_positive_int, check_range
+from ...config import PeftConfig, check_choice, check_positive, check_positive_int, check_range
 from ...errors import ConfigError
+
+ORTH_FORMS = ("squared", "peft")
 
 
 @dataclass
@@ -23,7 +25,11 @@ class AdaLoraConfig(PeftConfig):
         deltaT: re-allocate every ``deltaT`` steps between ``tinit`` and ``total_step - tfinal``.
         beta1: EMA coefficient of the sensitivity ``I = |w * grad w|`` (eq. 8).
         beta2: EMA coefficient of the uncertainty ``U = |I - I_bar|`` (eq. 9).
-        orth_reg_weight: weight of ``||P^T P - I||_F^2 + ||Q Q^T - I||_F^2`` in the loss (eq. 4).
+        orth_reg_weight: weight of the orthogonality regulariser ``R(P, Q)`` in the loss (eq. 4).
+        orth_reg_form: ``"squared"``: the paper's ``||P^T P - I||_F^2 + ||Q Q^T - I||_F^2``, averaged over
+            modules; ``"peft"``: peft's ``||P^T P - I||_F`` and ``||Q Q^T - I||_F`` (not squared),
+            averaged over every P and Q. The squared form pulls hard on far-from-orthogonal factors and
+            barely on near-orthogonal ones; peft's pulls evenly. Training-only: not saved.
         total_step: optimizer steps of the run; ``None`` is filled in by the trainer when training starts.
         rank_pattern: which triplets each module keeps, ``{"<module>.lora_E": [True, False, ...]}``;
             written by the allocation, and read when loading (modules are built with the kept rank).
@@ -39,6 +45,7 @@ class AdaLoraConfig(PeftConfig):
     beta1: float = 0.85
     beta2: float = 0.85
     orth_reg_weight: float = 0.5
+    orth_reg_form: str = "squared"
     total_step: int | None = None
     rank_pattern: dict[str, list[bool]] | None = None
 
@@ -59,6 +66,7 @@ class AdaLoraConfig(PeftConfig):
         check_range("beta2", self.beta2, 0.0, 1.0)
         if self.orth_reg_weight < 0:
             raise ConfigError("orth_reg_weight", f"must be a number >= 0, got {self.orth_reg_weight!r}")
+        check_choice("orth_reg_form", self.orth_reg_form, ORTH_FORMS)
         if self.total_step is not None:
             self.check_schedule(self.total_step)
         self._check_rank_pattern()

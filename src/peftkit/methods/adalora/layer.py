@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...layer import AdapterLayer, check_rank
-from ..lora.layer import adapter_dtype, linear_dims
+from ...config import check_rank
+from ..lowrank import LowRankLayer
 from .config import AdaLoraConfig
 
 EPS = 1e-5  # peft divides by (ranknum + 1e-5); kept for identical outputs
@@ -69,51 +69,43 @@ class AllocationState(nn.Module):
         self.seen.zero_()
 
 
-class AdaLoraLinear(AdapterLayer):
+class AdaLoraLinear(LowRankLayer):
     """AdaLoRA on ``nn.Linear`` (4-bit Linear included) and GPT-2's ``Conv1D``."""
 
     adapter_containers = ("lora_A", "lora_B", "lora_E")
 
     def __init__(self, base_layer: nn.Module):
         super().__init__(base_layer)
-        self.fan_in_fan_out = type(base_layer).__name__ == "Conv1D"
-        self.in_features, self.out_features = linear_dims(base_layer, self.fan_in_fan_out)
         self.lora_A, self.lora_B, self.lora_E = nn.ParameterDict(), nn.ParameterDict(), nn.ParameterDict()
-        self.lora_dropout = nn.ModuleDict()
-        self.scaling: dict[str, float] = {}
         self.allocation = nn.ModuleDict()  # adapter name -> AllocationState (buffers)
 
     def add(self, name: str, config: AdaLoraConfig, module_name: str) -> None:
         kept = config.kept_for(module_name)
         r = sum(kept) if kept is not None else config.init_r
         check_rank("init_r", config.init_r, self.in_features, self.out_features, module_name)
-        kw = {"device": self.base.weight.device, "dtype": adapter_dtype(self.base)}
+        kw = self.new_tensor_kwargs()
         self.lora_A[name] = nn.Parameter(torch.randn(r, self.in_features, **kw) * 0.02)  # Q: (r, d_in)
         self.lora_E[name] = nn.Parameter(torch.zeros(r, 1, **kw))  # lambda: (r, 1), zero: identity at init
         self.lora_B[name] = nn.Parameter(torch.randn(self.out_features, r, **kw) * 0.02)  # P: (d_out, r)
-        p = config.lora_dropout
-        self.lora_dropout[name] = nn.Dropout(p) if p > 0 else nn.Identity()
-        self.scaling[name] = config.lora_alpha / (config.init_r + EPS)  # peft: alpha / (ranknum + 1e-5)
+        self.add_path(name, config.lora_dropout, config.lora_alpha / (config.init_r + EPS))  # peft's scale
         shapes = {"A": self.lora_A[name].shape, "E": self.lora_E[name].shape, "B": self.lora_B[name].shape}
         self.allocation[name] = AllocationState(shapes, **kw)
 
     # ---- maths -----------------------------------------------------------------------------------
     def adapter_delta(self, name: str, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         A, E, B = self.lora_A[name], self.lora_E[name], self.lora_B[name]
-        x = self.lora_dropout[name](x.to(A.dtype))
+        x = self.dropped(name, x, A.dtype)
         return (x @ (A * E).T) @ B.T * self.scaling[name]  # (..., r) -> (..., d_out)
 
     def delta_weight(self, name: str) -> torch.Tensor:
-        delta = (
-            self.lora_B[name] @ (self.lora_A[name] * self.lora_E[name]) * self.scaling[name]
-        )  # (d_out, d_in)
-        return delta.T if self.fan_in_fan_out else delta
+        delta = self.lora_B[name] @ (self.lora_A[name] * self.lora_E[name]) * self.scaling[name]
+        return self.orient(delta)  # (d_out, d_in) in base.weight's layout
 
-    def orthogonality(self, name: str) -> torch.Tensor:
-        """``||P^T P - I||_F^2 + ||Q Q^T - I||_F^2`` (eq. 4): keeps P and Q near-orthogonal."""
+    def orthogonality(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(P^T P - I, Q Q^T - I)``, each ``(r, r)``: how far P and Q are from orthogonal (eq. 4)."""
         A, B = self.lora_A[name], self.lora_B[name]  # (r, d_in), (d_out, r)
         eye = torch.eye(A.shape[0], device=A.device, dtype=A.dtype)
-        return (B.T @ B - eye).pow(2).sum() + (A @ A.T - eye).pow(2).sum()
+        return B.T @ B - eye, A @ A.T - eye
 
     # ---- allocation ------------------------------------------------------------------------------
     def update_importance(self, name: str, beta1: float, beta2: float) -> None:
@@ -159,7 +151,5 @@ class AdaLoraLinear(AdapterLayer):
 
     def delete(self, name: str) -> None:
         super().delete(name)
-        self.scaling.pop(name, None)
-        for table in (self.lora_dropout, self.allocation):
-            if name in table:
-                del table[name]
+        if name in self.allocation:
+            del self.allocation[name]

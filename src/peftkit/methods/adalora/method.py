@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,6 +10,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ...errors import ConfigError
+from ...figures import Heatmap
 from ...registry import LayerMethod, register_method
 from .allocation import allocate, budget_for, orthogonal_penalty, rank_map, start_schedule
 from .config import AdaLoraConfig
@@ -44,7 +44,7 @@ class AdaLoraMethod(LayerMethod):
     ) -> torch.Tensor | None:
         if config.orth_reg_weight == 0:
             return None
-        penalty = orthogonal_penalty(model, adapter_name)
+        penalty = orthogonal_penalty(model, adapter_name, config.orth_reg_form)
         return None if penalty is None else config.orth_reg_weight * penalty
 
     def after_optimizer_step(
@@ -52,16 +52,11 @@ class AdaLoraMethod(LayerMethod):
     ) -> None:
         allocate(model, config, adapter_name, step)
 
-    def figures(
-        self, model: nn.Module, config: AdaLoraConfig, adapter_name: str, out_dir: Path
-    ) -> list[Path]:
-        from ...plotting import plot_heatmap
-
+    def figures(self, model: nn.Module, config: AdaLoraConfig, adapter_name: str) -> list[Heatmap]:
         rows, cols, grid = rank_map(model, adapter_name)
         title = f"AdaLoRA ranks ({adapter_name}): init_r={config.init_r}, target_r={config.target_r}"
-        out = out_dir / f"ranks_{adapter_name}.png"
         labels = [f"layer {r}" if r.isdigit() else r for r in rows]
-        return [plot_heatmap(grid, labels, cols, title, out)]
+        return [Heatmap(grid, labels, cols, title, f"ranks_{adapter_name}")]
 
     # ---- peft's adapter_config.json -----------------------------------------------------------
     def to_peft_dict(self, config: AdaLoraConfig, model: nn.Module, targets: list[str]) -> dict[str, Any]:
@@ -69,6 +64,7 @@ class AdaLoraMethod(LayerMethod):
         data.update(
             r=8, init_lora_weights=True, bias="none", use_rslora=False, use_dora=False, lora_bias=False
         )
+        data.pop("orth_reg_form", None)  # how training regularised: peft's config has no such field
         data["fan_in_fan_out"] = any(isinstance(model.get_submodule(t).base, Conv1D) for t in targets)
         if config.rank_pattern and all(all(kept) for kept in config.rank_pattern.values()):
             data["rank_pattern"] = None  # nothing pruned: tensors are saved at init_r

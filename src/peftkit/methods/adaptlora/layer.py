@@ -5,7 +5,7 @@ logit per task in every adapted layer (``lora_gate``, shape ``(tasks,)``); ``A``
 by all tasks. Each row of a batch uses its own task's gate.
 
 Prompts: ``(tasks, l_p, d)`` vectors; each row gets its task's ``l_p`` vectors in front of its input
-embeddings through the model-level input-adapter hook (:mod:`peftkit.input_adapter`).
+embeddings through the virtual-token stage (:mod:`peftkit.virtual`), which asks :meth:`TaskPrompts.for_task`.
 """
 
 from __future__ import annotations
@@ -15,53 +15,35 @@ import math
 import torch
 from torch import nn
 
+from ...config import check_rank
 from ...errors import AdapterError
-from ...input_adapter import PEFT_KEY, InputAdapter, check_shape
-from ...layer import BASE_ROW, AdapterLayer, check_rank, rows_for_batch
-from ..lora.layer import adapter_dtype, linear_dims
+from ...rows import current_rows
+from ...virtual import PEFT_KEY, InputAdapter, check_shape
+from ..lowrank import LowRankLayer
 from .config import AdaPtLoraConfig
 
-Tasks = str | list[str | None] | None  # one task for every row, one per row, or none given
 
-
-def row_task_names(tasks: Tasks, batch: int) -> list[str | None]:
-    """Each row's task name (None: not given), repeated like the rows (beam search)."""
-    if tasks is None or isinstance(tasks, str):
-        return [tasks] * batch
-    return rows_for_batch(list(tasks), batch)
-
-
-class GatedLoraLinear(AdapterLayer):
+class GatedLoraLinear(LowRankLayer):
     """Shared LoRA on ``nn.Linear`` (4-bit ones included) or GPT-2's ``Conv1D``, gated per task."""
 
     adapter_containers = ("lora_A", "lora_B", "lora_gate")
 
     def __init__(self, base_layer: nn.Module):
         super().__init__(base_layer)
-        self.fan_in_fan_out = type(base_layer).__name__ == "Conv1D"
-        self.in_features, self.out_features = linear_dims(base_layer, self.fan_in_fan_out)
         self.lora_A, self.lora_B = nn.ModuleDict(), nn.ModuleDict()
         self.lora_gate = nn.ParameterDict()
-        self.lora_dropout = nn.ModuleDict()
-        self.scaling: dict[str, float] = {}
         self.configs: dict[str, AdaPtLoraConfig] = {}
-        self.row_tasks: Tasks = None  # set by PeftModel for one forward
 
     def add(self, name: str, config: AdaPtLoraConfig, module_name: str) -> None:
         check_rank("r", config.r, self.in_features, self.out_features, module_name)
-        kw = {"device": self.base.weight.device, "dtype": adapter_dtype(self.base)}
+        kw = self.new_tensor_kwargs()
         self.lora_A[name] = nn.Linear(self.in_features, config.r, bias=False, **kw)  # (r, d_in)
         self.lora_B[name] = nn.Linear(config.r, self.out_features, bias=False, **kw)  # (d_out, r)
         nn.init.kaiming_uniform_(self.lora_A[name].weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B[name].weight)
         self.lora_gate[name] = nn.Parameter(torch.full((len(config.tasks),), float(config.gate_init), **kw))
-        p = config.lora_dropout
-        self.lora_dropout[name] = nn.Dropout(p) if p > 0 else nn.Identity()
-        self.scaling[name] = config.lora_alpha / config.r
+        self.add_path(name, config.lora_dropout, config.lora_alpha / config.r)
         self.configs[name] = config
-
-    def set_row_tasks(self, tasks: Tasks) -> None:
-        self.row_tasks = tasks
 
     def gates(self, name: str, tasks: list[str | None]) -> torch.Tensor:
         """``(n,)``: ``s_t = sigmoid(g[t])`` of each row's task."""
@@ -70,38 +52,18 @@ class GatedLoraLinear(AdapterLayer):
         return torch.sigmoid(gate[torch.tensor(index, device=gate.device)])
 
     def adapter_delta(self, name: str, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        tasks = row_task_names(self.row_tasks, x.shape[0])
+        """Each row's update gated by its own task (the routing is narrowed to the rows of ``x``)."""
+        tasks = current_rows().task_rows(x.shape[0])
         s = self.gates(name, tasks).view(-1, *[1] * (x.dim() - 1))  # (n, 1, ...)
         A, B = self.lora_A[name], self.lora_B[name]
-        x = self.lora_dropout[name](x.to(A.weight.dtype))
-        return s * B(A(x)) * self.scaling[name]  # (n, ..., d_out)
-
-    def _mixed_forward(self, out: torch.Tensor, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        """As the protocol's mixed batch, but each row's gate follows that row's own task."""
-        rows = rows_for_batch(self.row_adapters, x.shape[0])
-        tasks = row_task_names(self.row_tasks, x.shape[0])
-        out = out.clone()
-        for name in dict.fromkeys(rows):
-            if name == BASE_ROW or name not in self.adapter_names():
-                continue
-            picked = [i for i, r in enumerate(rows) if r == name]
-            idx = torch.tensor(picked, device=x.device)
-            saved, self.row_tasks = self.row_tasks, [tasks[i] for i in picked]
-            try:
-                out[idx] = out[idx] + self.adapter_delta(name, x[idx], *args, **kwargs).to(out.dtype)
-            finally:
-                self.row_tasks = saved
-        return out
+        return s * B(A(self.dropped(name, x, A.weight.dtype))) * self.scaling[name]  # (n, ..., d_out)
 
     def delta_weight(self, name: str) -> None:
         return None  # the update depends on each row's task: nothing to merge
 
     def delete(self, name: str) -> None:
         super().delete(name)
-        for table in (self.scaling, self.configs):
-            table.pop(name, None)
-        if name in self.lora_dropout:
-            del self.lora_dropout[name]
+        self.configs.pop(name, None)
 
 
 class TaskPrompts(InputAdapter):
@@ -113,7 +75,6 @@ class TaskPrompts(InputAdapter):
         self.config = config
         shape = (len(config.tasks), config.num_virtual_tokens, width)
         self.prompts = nn.Parameter(torch.randn(*shape, device=device))  # (tasks, l_p, d)
-        self.row_tasks: Tasks = None
         self._views: dict[int, TaskPromptView] = {}
 
     @torch.no_grad()
@@ -124,9 +85,6 @@ class TaskPrompts(InputAdapter):
         vectors = words(ids.to(words.weight.device)).float()  # (tasks * l_p, d)
         self.prompts.copy_(vectors.view_as(self.prompts))
 
-    def set_row_tasks(self, tasks: Tasks) -> None:
-        self.row_tasks = tasks
-
     def for_task(self, task: str | None) -> TaskPromptView:
         index = self.config.task_index(task)
         if index not in self._views:
@@ -134,7 +92,9 @@ class TaskPrompts(InputAdapter):
         return self._views[index]
 
     def virtual_embeddings(self) -> torch.Tensor:
-        raise AdapterError("AdaPtLoRA's prompts are per task: PeftModel serves each row with for_task()")
+        raise AdapterError(
+            "AdaPtLoRA's prompts are per task: the virtual-token stage serves each row for_task()"
+        )
 
     def peft_state_dict(self) -> dict[str, torch.Tensor]:
         return {PEFT_KEY: self.prompts.detach().reshape(-1, self.prompts.shape[-1])}  # (tasks * l_p, d)

@@ -5,15 +5,14 @@ as a figure. Saved in peft's layout (keys ``lora_A.weight``, ``lora_B.weight``, 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ...input_adapter import check_sizes, model_dims
+from ...figures import Heatmap
 from ...layer import adapter_layers
 from ...registry import LayerMethod, register_method
+from ...virtual import check_sizes, model_dims
 from .config import AdaPtLoraConfig
 from .layer import GatedLoraLinear, TaskPrompts
 
@@ -22,7 +21,7 @@ from .layer import GatedLoraLinear, TaskPrompts
 class AdaPtLoraMethod(LayerMethod):
     layer_types = {nn.Linear: GatedLoraLinear, Conv1D: GatedLoraLinear}
 
-    def input_adapter(
+    def virtual_tokens(
         self, model: nn.Module, config: AdaPtLoraConfig, others: dict[str, nn.Module]
     ) -> TaskPrompts:
         check_sizes(model, config)
@@ -32,16 +31,12 @@ class AdaPtLoraMethod(LayerMethod):
             prompts.init_from_vocabulary(words)
         return prompts
 
-    def figures(
-        self, model: nn.Module, config: AdaPtLoraConfig, adapter_name: str, out_dir: Path
-    ) -> list[Path]:
-        from ...plotting import plot_heatmap
-
+    def figures(self, model: nn.Module, config: AdaPtLoraConfig, adapter_name: str) -> list[Heatmap]:
         values = gate_values(model, adapter_name)
         modules = list(values)
         grid = [[values[m][t] for t in config.tasks] for m in modules]
         title = f"AdaPtLoRA gates s_t = sigmoid(g_t) ({adapter_name})"
-        return [plot_heatmap(grid, modules, list(config.tasks), title, out_dir / f"gates_{adapter_name}.png")]
+        return [Heatmap(grid, modules, list(config.tasks), title, f"gates_{adapter_name}")]
 
 
 def gate_values(model: nn.Module, adapter_name: str) -> dict[str, dict[str, float]]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..selection.config import SparseDeltaConfig
+from ..sparse_delta import SparseDeltaConfig
 
 
 @dataclass

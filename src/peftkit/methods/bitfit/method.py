@@ -7,7 +7,7 @@ from torch import nn
 from ...errors import TargetError
 from ...registry import register_method
 from ...targeting import iter_modules
-from ..selection.method import SparseDeltaMethod
+from ..sparse_delta import SparseDeltaMethod
 from .config import BitFitConfig
 
 

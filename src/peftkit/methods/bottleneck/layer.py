@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
+from ...config import check_size
 from ...errors import AdapterError, TargetError
-from ...layer import BASE_ROW, AdapterLayer, check_size, rows_for_batch
+from ...layer import AdapterLayer
+from ...nn_types import output_features
+from ...rows import current_rows, mix_rows
 from .config import BottleneckConfig
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "swish": nn.SiLU}
@@ -38,27 +40,6 @@ class Stack(tuple):
         if len(names) < 2 or not all(isinstance(n, str) and n for n in names):
             raise AdapterError(f"Stack needs two or more adapter names, got {names!r}")
         return super().__new__(cls, names)
-
-
-def output_features(module: nn.Module) -> int:
-    """The width of what ``module`` returns: the hidden size an adapter after it works in."""
-    if isinstance(module, nn.Linear):
-        return module.out_features
-    if isinstance(module, Conv1D):
-        return module.nf
-    width = getattr(module, "out_features", None)  # quantised linears and the like
-    if not isinstance(width, int):
-        raise TargetError(
-            f"cannot tell the output width of {type(module).__name__}; put bottleneck adapters after a "
-            "Linear/Conv1D (fix the slot with peftkit.slots.declare_slots)"
-        )
-    return width
-
-
-def adapter_dtype(base: nn.Module) -> torch.dtype:
-    """Adapters train in fp32 unless the base is already fp32/fp64."""
-    dtype = next(base.parameters()).dtype
-    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
 class Bottleneck(nn.Module):
@@ -93,6 +74,11 @@ class BottleneckLayer(AdapterLayer):
     def __init__(self, base_layer: nn.Module):
         super().__init__(base_layer)
         self.hidden = output_features(base_layer)
+        if self.hidden is None:
+            raise TargetError(
+                f"cannot tell the output width of {type(base_layer).__name__}; put bottleneck adapters "
+                "after a Linear/Conv1D (fix the slot with peftkit.slots.declare_slots)"
+            )
         self.bottleneck = nn.ModuleDict()
         self.fusion = nn.ModuleDict()
         self.scaling: dict[str, float] = {}
@@ -107,8 +93,7 @@ class BottleneckLayer(AdapterLayer):
         if config.bottleneck_size is not None:
             why = "a bottleneck is no wider than the hidden size"
             check_size("bottleneck_size", config.bottleneck_size, self.hidden, module_name, why)
-        kw = {"device": next(self.base.parameters()).device, "dtype": adapter_dtype(self.base)}
-        self.bottleneck[name] = Bottleneck(self.hidden, config, **kw)
+        self.bottleneck[name] = Bottleneck(self.hidden, config, **self.new_tensor_kwargs())
         self.scaling[name] = float(config.scaling)
 
     def tap(self, name: str, module: nn.Module) -> None:
@@ -175,17 +160,11 @@ class BottleneckLayer(AdapterLayer):
         tapped, self.tap_input = self.tap_input, None
         if self.disabled:
             return out
-        if self.row_adapters is not None:
-            return self._mixed(out, tapped)
-        return self.compose(self.active, out, tapped)
+        if not current_rows().mixed:
+            return self.compose(self.active, out, tapped)
 
-    def _mixed(self, out: torch.Tensor, tapped: torch.Tensor | None) -> torch.Tensor:
-        """Row ``i`` runs through adapter (or fusion) ``row_adapters[i]``, or none."""
-        rows = rows_for_batch(self.row_adapters, out.shape[0])
-        out = out.clone()
-        for name in dict.fromkeys(rows):
-            if name == BASE_ROW or name not in self.adapter_names():
-                continue
-            idx = torch.tensor([i for i, r in enumerate(rows) if r == name], device=out.device)
-            out[idx] = self.compose([name], out[idx], None if tapped is None else tapped[idx])
-        return out
+        def through(name: str, rows: torch.Tensor) -> torch.Tensor:
+            """Rows ``rows`` through adapter (or fusion) ``name``."""
+            return self.compose([name], out[rows], None if tapped is None else tapped[rows])
+
+        return mix_rows(out, self.adapter_names(), through, add=False)

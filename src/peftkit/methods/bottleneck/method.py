@@ -5,8 +5,8 @@ from __future__ import annotations
 from torch import nn
 
 from ...errors import TargetError
-from ...layer import AdapterLayer
-from ...registry import Method, get_parent, register_method
+from ...layer import attach
+from ...registry import Method, register_method
 from ...slots import slot_modules
 from .config import BottleneckConfig
 from .layer import BottleneckLayer
@@ -30,25 +30,8 @@ class BottleneckMethod(Method):
             else {}
         )
         for path in sites:
-            layer = wrap_site(model, path)
-            layer.add(adapter_name, config, path)
+            layer = attach(model, path, BottleneckLayer, "bottleneck")
+            layer.join(adapter_name, config, path)
             if path in taps:
                 layer.tap(adapter_name, model.get_submodule(taps[path]))
-            layer.train(layer.base.training)  # new sub-modules follow the model's train/eval mode
         return sites
-
-
-def wrap_site(model: nn.Module, path: str) -> BottleneckLayer:
-    """The :class:`BottleneckLayer` at ``path``, wrapping the module there on first use."""
-    parent, attr = get_parent(model, path)
-    current = getattr(parent, attr)
-    if isinstance(current, BottleneckLayer):
-        return current
-    if isinstance(current, AdapterLayer):
-        raise TargetError(
-            f"{path} already holds a {type(current).__name__}; bottleneck adapters cannot join it "
-            "(remove that adapter, or keep the other method off this slot's module)"
-        )
-    layer = BottleneckLayer(current)
-    setattr(parent, attr, layer)
-    return layer

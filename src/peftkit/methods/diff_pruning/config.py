@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
+
 from ...config import check_choice, check_range
 from ...errors import ConfigError
-from ..selection.config import SparseDeltaConfig
+from ..sparse_delta import SparseDelta, SparseDeltaConfig
+from .layer import HardConcreteDelta, TopKDelta
 
 MASKS = ("topk", "hard_concrete")
 
@@ -59,3 +62,9 @@ class DiffPruningConfig(SparseDeltaConfig):
         check_range("init_density", self.init_density, 0.0, 1.0)
         if self.init_density <= 0:
             raise ConfigError("init_density", f"must be above 0, got {self.init_density!r}")
+
+    def make_delta(self, params: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> SparseDelta:
+        chosen = {p: params[p] for p in masks}
+        if self.mask == "hard_concrete":
+            return HardConcreteDelta(chosen, self.density, self.init_density)
+        return TopKDelta(chosen, self.density)

@@ -8,9 +8,9 @@ from torch import nn
 
 from ...layer import adapter_layers
 from ...registry import register_method
-from ..selection.layer import HardConcreteDelta, SparseDeltaLayer
-from ..selection.method import SparseDeltaMethod
+from ..sparse_delta import SparseDeltaLayer, SparseDeltaMethod
 from .config import DiffPruningConfig
+from .layer import HardConcreteDelta
 
 
 @register_method("diff_pruning", config=DiffPruningConfig)

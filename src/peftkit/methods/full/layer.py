@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...errors import AdapterError
-from ..parameter_delta import ParameterDeltaLayer, delta_dtype
+from ...nn_types import trainable_dtype
+from ..parameter_delta import ParameterDeltaLayer
 
 
 class DeltaTree(nn.Module):
@@ -40,7 +40,7 @@ class DeltaTree(nn.Module):
         tree = cls()
         for path, p in module.named_parameters():  # tied names inside the module appear once
             owner, leaf = tree.node(path, create=True)
-            owner.register_parameter(leaf, nn.Parameter(torch.zeros_like(p, dtype=delta_dtype(p))))
+            owner.register_parameter(leaf, nn.Parameter(torch.zeros_like(p, dtype=trainable_dtype(p))))
         return tree
 
     def node(self, path: str, create: bool = False) -> tuple[nn.Module, str]:
@@ -97,15 +97,3 @@ class FullLayer(ParameterDeltaLayer):
     def delete(self, name: str) -> None:
         super().delete(name)
         self.shared.pop(name, None)
-
-    # ---- forward ---------------------------------------------------------------------------------
-    def row_names(self, batch: int) -> list[str]:
-        """One adapter per row of the batch; any other leading size is an error."""
-        rows = self.row_adapters
-        if batch != len(rows):
-            raise AdapterError(
-                f"adapter_names has {len(rows)} entries but {type(self.base).__name__} got an input with "
-                f"leading size {batch}: a module fed a table shared by all rows (e.g. T5's relative "
-                "position bias) cannot give rows different adapters; leave it out with exclude_modules"
-            )
-        return list(rows)

@@ -8,7 +8,7 @@ from ...errors import TargetError
 from ...layer import adapter_layers
 from ...registry import Method, register_method
 from ...targeting import layer_index
-from ..bottleneck.layer import BottleneckLayer, adapter_dtype
+from ..bottleneck.layer import BottleneckLayer
 from .config import FusionConfig
 from .layer import FusionAttention
 
@@ -20,7 +20,7 @@ class FusionMethod(Method):
     def inject(self, model: nn.Module, config: FusionConfig, adapter_name: str) -> list[str]:
         sites = fusion_sites(model, config)
         for _, layer in sites:
-            kw = {"device": next(layer.base.parameters()).device, "dtype": adapter_dtype(layer.base)}
+            kw = layer.new_tensor_kwargs()
             layer.add_fusion(adapter_name, FusionAttention(layer.hidden, config, **kw))
             layer.train(layer.base.training)
         return [path for path, _ in sites]

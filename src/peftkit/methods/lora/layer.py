@@ -8,52 +8,32 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
+from ...config import check_rank
 from ...errors import ConfigError
-from ...layer import AdapterLayer, check_rank, rows_for_batch
+from ...layer import AdapterLayer
 from ...quantization import is_quantized
+from ...rows import current_rows
+from ..lowrank import LowRankLayer
 from .config import LoraConfig
 
 
-def linear_dims(base: nn.Module, fan_in_fan_out: bool) -> tuple[int, int]:
-    """(d_in, d_out) of a Linear (4-bit ones included: their packed weight has another shape) or of a
-    GPT-2 Conv1D (weight stored transposed)."""
-    if isinstance(base, nn.Linear):
-        return base.in_features, base.out_features
-    rows, cols = base.weight.shape
-    return (rows, cols) if fan_in_fan_out else (cols, rows)
-
-
-def adapter_dtype(base: nn.Module) -> torch.dtype:
-    """Adapters train in fp32 unless the base is already fp32/fp64."""
-    dtype = base.weight.dtype
-    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
-
-
-class LoraLinear(AdapterLayer):
+class LoraLinear(LowRankLayer):
     """LoRA on ``nn.Linear`` and GPT-2's ``Conv1D`` (weight stored transposed: fan_in_fan_out)."""
 
     adapter_containers = ("lora_A", "lora_B")
 
     def __init__(self, base_layer: nn.Module):
         super().__init__(base_layer)
-        self.fan_in_fan_out = isinstance(base_layer, Conv1D)
-        self.in_features, self.out_features = linear_dims(base_layer, self.fan_in_fan_out)
         self.lora_A, self.lora_B = nn.ModuleDict(), nn.ModuleDict()
-        self.lora_dropout = nn.ModuleDict()
-        self.scaling: dict[str, float] = {}
         self.pissa_init: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def add(self, name: str, config: LoraConfig, module_name: str) -> None:
-        r = config.rank_for(module_name)
+        r, kw = config.rank_for(module_name), self.new_tensor_kwargs()
         check_rank("r", r, self.in_features, self.out_features, module_name)
-        kw = {"device": self.base.weight.device, "dtype": adapter_dtype(self.base)}
         self.lora_A[name] = nn.Linear(self.in_features, r, bias=False, **kw)  # (r, d_in)
         self.lora_B[name] = nn.Linear(r, self.out_features, bias=False, **kw)  # (d_out, r)
-        p = config.lora_dropout
-        self.lora_dropout[name] = nn.Dropout(p) if p > 0 else nn.Identity()
-        self.scaling[name] = config.scaling_for(module_name)
+        self.add_path(name, config.lora_dropout, config.scaling_for(module_name))
         self._init(name, config.init_lora_weights, r)
 
     def _init(self, name: str, init: str, r: int) -> None:
@@ -84,19 +64,15 @@ class LoraLinear(AdapterLayer):
         self.lora_A[name].weight.copy_(A)
         self.lora_B[name].weight.copy_(B)
         self.pissa_init[name] = (A.clone(), B.clone())
-        self.base.weight.sub_(self._orient(s * B @ A).to(self.base.weight.dtype))
-
-    def _orient(self, delta: torch.Tensor) -> torch.Tensor:
-        return delta.T if self.fan_in_fan_out else delta
+        self.base.weight.sub_(self.orient(s * B @ A).to(self.base.weight.dtype))
 
     def adapter_delta(self, name: str, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         A, B = self.lora_A[name], self.lora_B[name]
-        x = self.lora_dropout[name](x.to(A.weight.dtype))
-        return B(A(x)) * self.scaling[name]  # (..., d_out)
+        return B(A(self.dropped(name, x, A.weight.dtype))) * self.scaling[name]  # (..., d_out)
 
     def delta_weight(self, name: str) -> torch.Tensor:
         B, A = self.lora_B[name].weight, self.lora_A[name].weight
-        return self._orient(B @ A * self.scaling[name])  # base.weight's layout
+        return self.orient(B @ A * self.scaling[name])  # base.weight's layout
 
     def forward(self, x: torch.Tensor, *args, **kwargs):
         out = super().forward(x, *args, **kwargs)
@@ -105,12 +81,11 @@ class LoraLinear(AdapterLayer):
     def _restore_principal(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Under PiSSA the base keeps only the residual: rows not using the adapter get W's top-r back."""
         name = next(iter(self.pissa_init))
+        routing = current_rows()
         if self.disabled:
             rows = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-        elif self.row_adapters is not None:
-            rows = torch.tensor(
-                [r != name for r in rows_for_batch(self.row_adapters, x.shape[0])], device=x.device
-            )
+        elif routing.mixed:
+            rows = torch.tensor([r != name for r in routing.adapter_rows(x.shape[0])], device=x.device)
         else:
             rows = torch.full((x.shape[0],), name not in self.active, device=x.device)
         if not rows.any():
@@ -131,14 +106,12 @@ class LoraLinear(AdapterLayer):
         return state
 
     def delete(self, name: str) -> None:
+        scale = self.scaling.get(name)
         super().delete(name)
         if name in self.pissa_init:  # give the base its principal part back
             A0, B0 = self.pissa_init.pop(name)
             with torch.no_grad():
-                self.base.weight.add_(self._orient(self.scaling[name] * B0 @ A0).to(self.base.weight.dtype))
-        self.scaling.pop(name, None)
-        if name in self.lora_dropout:
-            del self.lora_dropout[name]
+                self.base.weight.add_(self.orient(scale * B0 @ A0).to(self.base.weight.dtype))
 
 
 class LoraEmbedding(AdapterLayer):
@@ -156,9 +129,8 @@ class LoraEmbedding(AdapterLayer):
             raise ConfigError(
                 "init_lora_weights", f"pissa is for linear layers; {module_name} is an Embedding"
             )
-        r, base = config.rank_for(module_name), self.base
+        r, base, kw = config.rank_for(module_name), self.base, self.new_tensor_kwargs()
         check_rank("r", r, base.num_embeddings, base.embedding_dim, module_name)
-        kw = {"device": base.weight.device, "dtype": adapter_dtype(base)}
         self.lora_embedding_A[name] = nn.Parameter(torch.zeros(r, base.num_embeddings, **kw))  # (r, V)
         self.lora_embedding_B[name] = nn.Parameter(torch.randn(base.embedding_dim, r, **kw))  # (d, r)
         self.scaling[name] = config.scaling_for(module_name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...config import check_choice, check_positive_int, check_range
-from ...input_adapter import PromptLearningConfig
+from ...virtual import PromptLearningConfig
 
 ENCODERS = ("MLP", "LSTM")
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError
-from ...input_adapter import ReparametrisedPrompt
+from ...virtual import ReparametrisedPrompt
 from .config import PTuningConfig
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from ...input_adapter import InputMethod
 from ...registry import register_method
+from ...virtual import InputMethod
 from .config import PTuningConfig
 from .layer import PromptEncoder
 

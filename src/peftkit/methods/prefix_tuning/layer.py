@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...input_adapter import ReparametrisedPrompt
+from ...virtual import ReparametrisedPrompt
 
 
 class PrefixEncoder(ReparametrisedPrompt):

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from ...errors import AdapterError, ConfigError, TargetError
-from ...input_adapter import InputMethod, model_dims
 from ...kv_cache import cache_argument
 from ...registry import register_method
+from ...virtual import InputMethod, model_dims
 from .config import PrefixTuningConfig
 from .layer import PrefixEncoder
 
@@ -91,7 +91,7 @@ def real_activations(model: nn.Module, V: int, seed: int = 0) -> torch.Tensor:
 
 def eject(model, adapter_name: str = "default") -> None:
     """Bake a prefix's MLP reparametrisation into flat prefixes for inference (outputs unchanged)."""
-    encoder = dict(model.input_adapters).get(adapter_name)
+    encoder = dict(model.prompt_encoder).get(adapter_name)
     if not isinstance(encoder, PrefixEncoder):
         raise AdapterError(f"adapter {adapter_name!r} is not a prefix-tuning adapter")
     encoder.eject()

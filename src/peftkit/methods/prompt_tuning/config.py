@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ...config import check_choice
 from ...errors import ConfigError
-from ...input_adapter import PromptLearningConfig
+from ...virtual import PromptLearningConfig
 
 INITS = ("RANDOM", "SAMPLE_VOCAB", "TEXT")
 

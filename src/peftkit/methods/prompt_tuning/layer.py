@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from ...input_adapter import ReparametrisedPrompt
+from ...virtual import ReparametrisedPrompt
 from .config import PromptTuningConfig
 
 

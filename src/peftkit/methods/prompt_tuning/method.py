@@ -6,8 +6,9 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError
-from ...input_adapter import InputMethod
+from ...names import resolve_name
 from ...registry import register_method
+from ...virtual import InputMethod
 from .config import PromptTuningConfig
 from .layer import PromptEmbedding
 
@@ -32,9 +33,7 @@ class PromptTuningMethod(InputMethod):
 def text_token_ids(config: PromptTuningConfig) -> list[int]:
     from transformers import AutoTokenizer
 
-    from ...models import resolve_model_path
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(config.tokenizer_name_or_path))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_name(config.tokenizer_name_or_path))
     ids = tokenizer(config.prompt_tuning_init_text, add_special_tokens=False)["input_ids"]
     if not ids:
         raise ConfigError("prompt_tuning_init_text", "tokenizes to no tokens; give a non-empty text")

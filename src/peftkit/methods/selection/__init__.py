@@ -1,21 +1,8 @@
-"""Selection methods: train chosen entries of the base model's own parameters as a sparse diff.
+"""Rule-based selection (``last_k_layers``, ``smallest_magnitude``): train chosen entries of the base
+model's own parameters as a sparse diff (the layer and injection every sparse-delta method shares
+are in :mod:`peftkit.methods.sparse_delta`)."""
 
-``selection`` (rules ``last_k_layers`` and ``smallest_magnitude``) lives here, with the layer and
-injection that ``bitfit`` and ``diff_pruning`` share.
-"""
+from .config import SelectionConfig, smallest_magnitude_mask
+from .method import SelectionMethod
 
-from .config import SelectionConfig, SparseDeltaConfig, smallest_magnitude_mask
-from .layer import FixedSparseDelta, HardConcreteDelta, SparseDeltaLayer, TopKDelta
-from .method import SelectionMethod, SparseDeltaMethod
-
-__all__ = [
-    "FixedSparseDelta",
-    "HardConcreteDelta",
-    "SelectionConfig",
-    "SelectionMethod",
-    "SparseDeltaConfig",
-    "SparseDeltaLayer",
-    "SparseDeltaMethod",
-    "TopKDelta",
-    "smallest_magnitude_mask",
-]
+__all__ = ["SelectionConfig", "SelectionMethod", "smallest_magnitude_mask"]

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 from torch import nn
 
-from ...config import PeftConfig, check_choice, check_positive_int, check_range
+from ...config import check_choice, check_positive_int, check_range
 from ...errors import ConfigError
+from ..sparse_delta import SparseDeltaConfig
 
 RULES = ("last_k_layers", "smallest_magnitude")
 
@@ -20,21 +20,6 @@ def smallest_magnitude_mask(weight: torch.Tensor, density: float) -> torch.Tenso
     k = max(1, round(density * flat.numel()))
     idx = flat.topk(k, largest=False).indices  # (k,)
     return torch.zeros_like(flat, dtype=torch.bool).index_fill(0, idx, True).view(weight.shape)
-
-
-@dataclass
-class SparseDeltaConfig(PeftConfig):
-    """Shared by methods that change chosen entries of the base parameters (a sparse delta).
-
-    With ``target_modules=None`` every module holding parameters of its own is a candidate
-    (except ``modules_to_save``); otherwise the shared targeting forms apply.
-    """
-
-    learned: ClassVar[bool] = False  # True: the mask is learned (top-k scores), else fixed at creation
-
-    def parameter_masks(self, module: nn.Module, module_name: str) -> dict[str, torch.Tensor]:
-        """Which entries of each of ``module``'s parameters this adapter may change (bool masks)."""
-        return {p: torch.ones_like(t, dtype=torch.bool) for p, t in module.named_parameters()}
 
 
 @dataclass

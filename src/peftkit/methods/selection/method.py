@@ -1,55 +1,14 @@
-"""Registration of rule-based selection, and the injection every sparse-delta method shares."""
+"""Registration of rule-based selection (the injection is every sparse-delta method's)."""
 
 from __future__ import annotations
 
 from torch import nn
 
 from ...errors import TargetError
-from ...registry import LayerMethod, register_method
-from ...targeting import iter_modules, layer_index
-from ..parameter_delta import parameter_targets, tie_outside, wrap
-from .config import SelectionConfig, SparseDeltaConfig
-from .layer import SparseDeltaLayer
-
-
-class SparseDeltaMethod(LayerMethod):
-    """Wraps each targeted module in a :class:`SparseDeltaLayer`; subclasses narrow the targets."""
-
-    layer_types = {nn.Module: SparseDeltaLayer}
-
-    def inject(self, model: nn.Module, config: SparseDeltaConfig, adapter_name: str) -> list[str]:
-        targets = self.targets(model, config)
-        check_untied(model, targets, config, self.name)
-        for path in targets:
-            wrap(model, path, SparseDeltaLayer, config, adapter_name, self.name)
-        return targets
-
-    def targets(self, model: nn.Module, config: SparseDeltaConfig) -> list[str]:
-        """Outermost modules with parameters, outside ``modules_to_save``, matching the targeting."""
-        return parameter_targets(model, config, self.name)
-
-
-def check_untied(model: nn.Module, paths: list[str], config: SparseDeltaConfig, method: str) -> None:
-    """A chosen parameter tied to another module (GPT-2's wte and lm_head) would get two deltas, or
-    change the other module on merge: both are errors naming the pair."""
-    modules = dict(iter_modules(model))
-    chosen: dict[int, str] = {}
-    for path in paths:
-        params = dict(modules[path].named_parameters())
-        for name in config.parameter_masks(modules[path], path):
-            where = f"{path}.{name}"
-            if id(params[name]) in chosen:
-                raise TargetError(
-                    f"{method}: {where} is the same tensor as {chosen[id(params[name])]} (tied weights); "
-                    "leave both modules out with exclude_modules"
-                )
-            chosen[id(params[name])] = where
-    tie = tie_outside(model, paths, chosen)
-    if tie is not None:
-        raise TargetError(
-            f"{method}: {tie[0]} is tied to {tie[1]}, which is not targeted; a delta "
-            "would change both: leave both modules out with exclude_modules"
-        )
+from ...registry import register_method
+from ...targeting import layer_index
+from ..sparse_delta import SparseDeltaMethod
+from .config import SelectionConfig
 
 
 @register_method("selection", config=SelectionConfig)

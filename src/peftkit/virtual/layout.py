@@ -1,4 +1,4 @@
-"""Model-level (input-side) adapters: virtual tokens and key/value prefixes.
+"""Where virtual tokens go: the layout engine of the virtual-token stage.
 
 Prompt tuning, prefix tuning and P-tuning v1/v2 change no layer of the base model. Each adapter
 is an :class:`InputAdapter` that contributes either
@@ -22,212 +22,17 @@ virtual tokens, exactly as in the training forward where real tokens sit after t
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
 
-from .config import PeftConfig, check_positive_int
-from .errors import AdapterError, ConfigError, TargetError
-from .kv_cache import cache_argument, cache_key, filled_length, passed_cache
-from .layer import check_size
-from .registry import Method
-
-PEFT_KEY = "prompt_embeddings"  # peft's single tensor for every prompt-learning method
-
-
-@dataclass
-class PromptLearningConfig(PeftConfig):
-    """Fields every virtual-token method shares (peft's names; ``None`` is read from the model).
-
-    Args:
-        num_virtual_tokens: number of virtual tokens (prompt length, prefix length).
-        token_dim: the model's hidden size (prefix methods: key/value heads x head dim).
-        num_transformer_submodules: 1, or 2 for encoder-decoders (peft stores both halves).
-        num_attention_heads: attention heads (key/value heads for grouped-query attention).
-        num_layers: transformer layers.
-    """
-
-    num_virtual_tokens: int = 20
-    token_dim: int | None = None
-    num_transformer_submodules: int | None = None
-    num_attention_heads: int | None = None
-    num_layers: int | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_positive_int("num_virtual_tokens", self.num_virtual_tokens)
-        for name in ("token_dim", "num_transformer_submodules", "num_attention_heads", "num_layers"):
-            if getattr(self, name) is not None:
-                check_positive_int(name, getattr(self, name))
-        for name in ("target_modules", "exclude_modules", "layers_to_transform"):
-            if getattr(self, name) is not None:
-                raise ConfigError(
-                    name, f"{type(self).__name__} adds virtual tokens and targets no module; leave it unset"
-                )
-
-
-@dataclass(frozen=True)
-class ModelDims:
-    """What a virtual-token method needs to know about its base, read from the model config."""
-
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    encoder_decoder: bool
-
-
-def model_dims(model: nn.Module) -> ModelDims:
-    config = getattr(model, "config", None)
-    if config is None or not hasattr(model, "get_input_embeddings"):
-        raise TargetError(
-            f"{type(model).__name__} has no transformers config and input embeddings; virtual-token "
-            "methods need a transformers model"
-        )
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    hidden = _first(text, "hidden_size", "n_embd", "d_model")
-    heads = _first(text, "num_attention_heads", "n_head", "num_heads")
-    head_dim = getattr(text, "head_dim", None) or getattr(text, "d_kv", None) or hidden // heads
-    return ModelDims(
-        hidden=hidden,
-        layers=_first(text, "num_hidden_layers", "n_layer", "num_layers"),
-        heads=heads,
-        kv_heads=getattr(text, "num_key_value_heads", None) or heads,
-        head_dim=head_dim,
-        encoder_decoder=bool(getattr(config, "is_encoder_decoder", False)),
-    )
-
-
-def _first(config: Any, *names: str) -> int:
-    for name in names:
-        value = getattr(config, name, None)
-        if isinstance(value, int):
-            return value
-    raise TargetError(f"the model config has none of {list(names)}; set it in the adapter config")
-
-
-class InputAdapter(nn.Module):
-    """One adapter's virtual tokens. Subclasses produce them; :func:`transform_inputs` places them."""
-
-    writes_cache: ClassVar[bool] = False  # True: a per-layer key/value prefix; False: input embeddings
-
-    def __init__(self, num_virtual_tokens: int):
-        super().__init__()
-        self.num_virtual_tokens = num_virtual_tokens
-
-    def virtual_embeddings(self) -> torch.Tensor:
-        """``(V, d)`` embeddings prepended to the input (``writes_cache = False``)."""
-        raise NotImplementedError  # pragma: no cover - abstract
-
-    def prefix(self) -> torch.Tensor:
-        """``(layers, 2, kv_heads, V, head_dim)`` keys and values (``writes_cache = True``)."""
-        raise NotImplementedError  # pragma: no cover - abstract
-
-    def replaces_tokens(self) -> int | None:
-        """A token id whose positions receive the virtual embeddings instead of a prepended block."""
-        return None
-
-    def peft_state_dict(self) -> dict[str, torch.Tensor]:
-        """peft's ``{"prompt_embeddings": ...}``: what inference needs, reparametrisation baked in."""
-        raise NotImplementedError  # pragma: no cover - abstract
-
-    def load_peft_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        raise NotImplementedError  # pragma: no cover - abstract
-
-
-def check_shape(name: str, value: torch.Tensor, expected: tuple[int, ...]) -> None:
-    if tuple(value.shape) != expected:
-        raise AdapterError(
-            f"{name} has shape {tuple(value.shape)} in the checkpoint but the model needs {expected} "
-            "(a different base model or num_virtual_tokens?)"
-        )
-
-
-def check_sizes(model: nn.Module, config: PromptLearningConfig) -> None:
-    """The sizes a config may give (a loaded adapter_config.json among them) fit the model, checked
-    before anything is allocated: the virtual tokens fit its context, the dimensions are at most its own."""
-    dims, name = model_dims(model), type(model).__name__
-    text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    positions = getattr(text, "max_position_embeddings", None)
-    if isinstance(positions, int):
-        why = f"its context holds max_position_embeddings = {positions} positions"
-        check_size("num_virtual_tokens", config.num_virtual_tokens, positions, name, why)
-    own = {"token_dim": dims.hidden, "num_layers": dims.layers, "num_attention_heads": dims.heads}
-    for field, limit in {**own, "num_transformer_submodules": 2}.items():
-        if getattr(config, field, None) is not None:  # a method without the field has nothing to check
-            check_size(field, getattr(config, field), limit, name, f"the model's own is {limit}")
-
-
-class InputMethod(Method):
-    """A method that adds an :class:`InputAdapter` instead of wrapping layers."""
-
-    key_prefix: ClassVar[str] = "base_model."  # peft's prefix for prompt-learning models' extra tensors
-
-    def inject(self, model: nn.Module, config: PeftConfig, adapter_name: str) -> list[str]:
-        return []
-
-    def input_adapter(
-        self, model: nn.Module, config: PeftConfig, others: dict[str, nn.Module]
-    ) -> InputAdapter:
-        check_sizes(model, config)
-        return self.build(model, config, others)
-
-    def build(self, model: nn.Module, config: PromptLearningConfig, shared=None) -> InputAdapter:
-        raise NotImplementedError  # pragma: no cover - abstract
-
-    def resolved(self, model: nn.Module, config: PromptLearningConfig) -> dict[str, int]:
-        """peft's derived config fields, read from the model where unset."""
-        dims = model_dims(model)
-        return {
-            "token_dim": config.token_dim or dims.hidden,
-            "num_transformer_submodules": config.num_transformer_submodules
-            or (2 if dims.encoder_decoder else 1),
-            "num_attention_heads": config.num_attention_heads or dims.heads,
-            "num_layers": config.num_layers or dims.layers,
-        }
-
-    def to_peft_dict(self, config: PeftConfig, model: nn.Module, targets: list[str]) -> dict[str, Any]:
-        data = super().to_peft_dict(config, model, targets)
-        for name in ("target_modules", "exclude_modules", "layers_to_transform", "layers_pattern"):
-            data.pop(name, None)  # prompt-learning configs in peft have no targeting fields
-        data.update(self.resolved(model, config))
-        data["task_type"] = config.task_type or peft_task_type(model)
-        return data
-
-
-TASK_SUFFIXES = {
-    "ForCausalLM": "CAUSAL_LM",
-    "ForSequenceClassification": "SEQ_CLS",
-    "ForTokenClassification": "TOKEN_CLS",
-    "ForQuestionAnswering": "QUESTION_ANS",
-    "ForConditionalGeneration": "SEQ_2_SEQ_LM",
-    "ForSeq2SeqLM": "SEQ_2_SEQ_LM",
-}
-
-
-def peft_task_type(model: nn.Module) -> str:
-    """peft needs ``task_type`` to apply a prompt-learning checkpoint at all (without it, it runs the
-    bare base); read it from the model class when the config leaves it unset."""
-    name = type(model).__name__
-    return next(
-        (task for suffix, task in TASK_SUFFIXES.items() if name.endswith(suffix)), "FEATURE_EXTRACTION"
-    )
-
-
-# ---- the hook ------------------------------------------------------------------------------------
-_ACCEPTS: dict[type, frozenset[str]] = {}
-
-
-def accepts(model: nn.Module, name: str) -> bool:
-    """Does ``model.forward`` take argument ``name`` (explicitly)?"""
-    cls = type(model)
-    if cls not in _ACCEPTS:
-        _ACCEPTS[cls] = frozenset(inspect.signature(model.forward).parameters)
-    return name in _ACCEPTS[cls]
+from ..errors import AdapterError
+from ..kv_cache import cache_argument, cache_key, filled_length, passed_cache
+from ..positions import real_positions
+from ..signature import accepts
+from .adapter import InputAdapter
 
 
 def slot_mask(lengths: list[int], width: int, device: torch.device) -> torch.Tensor:
@@ -328,7 +133,7 @@ def _prepend(
 def _default_positions(mask: torch.Tensor, length: int, adapted: list[bool]) -> torch.Tensor:
     """``(B, L)`` positions when none are given: rows with virtual tokens count real tokens (left and
     right padding agree); rows without keep the base model's default (index in the sequence)."""
-    counted = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
+    counted = real_positions(mask)[:, -length:]
     start = mask.shape[1] - length
     plain = torch.arange(start, start + length, device=mask.device).expand_as(counted)
     return torch.where(torch.tensor(adapted, device=mask.device)[:, None], counted, plain)
@@ -460,46 +265,6 @@ def _encoder_decoder(
         )
     kwargs["attention_mask"] = torch.cat([slot_mask(lengths, T, mask.device).to(mask.dtype), mask], dim=1)
     return Transformed(kwargs, None)  # decoder outputs: nothing to cut
-
-
-class ReparametrisedPrompt(InputAdapter):
-    """Virtual vectors ``embedding.weight`` (peft's name), optionally produced by a trainable ``head``
-    (an MLP or LSTM) while training; :meth:`eject` bakes the head's output into flat vectors.
-
-    ``make_head`` is called after the embedding is drawn: peft's order of random draws, so one seed
-    starts both libraries from the same vectors and head."""
-
-    def __init__(
-        self, num_virtual_tokens: int, rows: int, width: int, make_head: Callable[[], nn.Module] | None, dtype
-    ):
-        super().__init__(num_virtual_tokens)
-        self.embedding = nn.Embedding(rows, width, dtype=dtype)  # (rows, width)
-        self.head = make_head() if make_head is not None else None
-
-    def encoded(self) -> torch.Tensor:
-        """All virtual vectors ``(rows, out_width)``: the head's output, or the flat vectors."""
-        w = self.embedding.weight
-        return self.head(w) if self.head is not None else w
-
-    @torch.no_grad()
-    def eject(self) -> None:
-        """Replace embedding + head by the head's output: identical outputs, no reparametrisation."""
-        if self.head is None:
-            return
-        flat = self.encoded().detach().clone()
-        self.embedding = nn.Embedding.from_pretrained(flat, freeze=False)
-        self.head = None
-
-    def peft_state_dict(self) -> dict[str, torch.Tensor]:
-        return {PEFT_KEY: self.encoded().detach()}
-
-    def load_peft_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        if state.get(PEFT_KEY) is None:
-            raise AdapterError(f"the checkpoint has no {PEFT_KEY!r} tensor (keys: {sorted(state)[:5]})")
-        self.eject()  # checkpoints hold the flat vectors
-        check_shape(PEFT_KEY, state[PEFT_KEY], tuple(self.embedding.weight.shape))
-        with torch.no_grad():
-            self.embedding.weight.copy_(state[PEFT_KEY].to(self.embedding.weight.dtype))
 
 
 def forward_with_virtual_tokens(model: nn.Module, args: tuple, kwargs: dict, rows: list[InputAdapter | None]):
