@@ -156,7 +156,7 @@ def test_every_contract_case_trains_on_two_ranks_or_is_refused_by_name(runs, tmp
     for case in CASES:
         model = build(case.kind)
         torch.manual_seed(0)
-        model = peftkit.get_peft_model(model, case.make_config())
+        model = case.wrap(model)
         data = contract_examples(case.kind)
         random_draws = stochastic(model, data)
         try:

@@ -105,7 +105,8 @@ def train(model, data, config: TrainConfig, out: Path, loss_fn=None, resume: boo
     frozen_grads = [n for n, p in model.named_parameters() if not p.requires_grad and p.grad is not None]
     report = {"units": units(model), "frozen_grads": frozen_grads}
     with sharding.gathered(model):
-        model.save_pretrained(out / "adapter", is_main_process=trainer.world.main)  # every rank exports
+        # every rank exports; the trainable adapter only (a fusion's frozen adapters stay sharded)
+        model.save_pretrained(out / "adapter", adapter_names=["default"], is_main_process=trainer.world.main)
         if trainer.world.main:
             tensors = {k: v.cpu() for k, v in trainable_tensors(model).items()}
             save_file(tensors, out / "trainable.safetensors")
@@ -148,7 +149,7 @@ def run_contract(root: Path) -> dict:
         for mode in ("ddp", "fsdp"):
             model = build(case.kind)
             torch.manual_seed(0)
-            model = peftkit.get_peft_model(model, case.make_config())
+            model = case.wrap(model)
             config = TrainConfig(**CONTRACT, distributed=mode)
             name = f"{case.id}-{mode}"
             try:
