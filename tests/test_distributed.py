@@ -185,6 +185,19 @@ def test_a_run_resumed_on_two_ranks_ends_as_the_uninterrupted_one(runs):
         assert losses(runs[0] / f"lora-{mode}-resumed") == losses(runs[0] / f"lora-{mode}")
 
 
+def test_qlora_trains_under_ddp_and_fsdp_refuses_it_by_name(runs, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from peftkit.quantization import quantize_model
+
+    model = quantize_model(build("llama"))
+    torch.manual_seed(0)
+    model = peftkit.get_peft_model(model, METHODS["lora"]())
+    reference = one_process(model, examples(), {**TRAIN, "max_steps": 3}, tmp_path)
+    assert_close(trainable(runs[0] / "qlora-ddp"), reference)
+    refused = runs[1]["methods"]["qlora-fsdp"]["refused"]
+    assert refused.startswith("train.distributed: fsdp cannot shard a 4-bit base") and "ddp" in refused
+
+
 # --- the failure checklist -----------------------------------------------------------------------
 
 
@@ -210,7 +223,7 @@ def test_fsdp_units_keep_adapter_modules_apart_and_frozen_weights_get_no_gradien
     # a prompt table is read directly by the root's forward: it shares the root's unit, and FSDP2
     # (one DTensor per parameter, no flat parameter) still gives the frozen ones there no gradient
     assert [u["trainable"] for u in methods["prompt_tuning-fsdp"]["units"] if u["path"] == ""] == [1]
-    assert all(not report["frozen_grads"] for report in methods.values())
+    assert all(not report.get("frozen_grads") for report in methods.values())
 
 
 # --- the command line ------------------------------------------------------------------------------

@@ -143,6 +143,28 @@ def run_resumes(root: Path) -> dict:
     return reports
 
 
+def run_qlora(root: Path) -> dict:
+    """LoRA on a 4-bit NF4 base: DDP trains it, FSDP2 refuses it (bitsandbytes keeps the quantisation
+    state outside the tensor FSDP2 shards). Nothing when bitsandbytes is not installed."""
+    try:
+        from peftkit.quantization import quantize_model, require_bitsandbytes
+
+        require_bitsandbytes()
+    except ImportError:
+        return {}
+    reports = {}
+    for mode in ("ddp", "fsdp"):
+        model = quantize_model(build("llama"))
+        torch.manual_seed(0)
+        model = peftkit.get_peft_model(model, METHODS["lora"]())
+        config = TrainConfig(**{**TRAIN, "max_steps": 3}, distributed=mode)
+        try:
+            reports[f"qlora-{mode}"] = train(model, examples(), config, root / f"qlora-{mode}")
+        except ConfigError as err:
+            reports[f"qlora-{mode}"] = {"refused": str(err)}
+    return reports
+
+
 def run_contract(root: Path) -> dict:
     reports = {}
     for case in CASES:
@@ -166,7 +188,7 @@ if __name__ == "__main__":
     with distributed.process_group() as world:
         assert world.size == 2, world
         reports = {
-            "methods": {**run_methods(root, world), **run_resumes(root)},
+            "methods": {**run_methods(root, world), **run_resumes(root), **run_qlora(root)},
             "contract": run_contract(root),
         }
         reports["cli"] = main(["train", "--config", run_yaml, "--output-dir", str(root / "cli"), "--quiet"])
