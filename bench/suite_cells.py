@@ -30,6 +30,8 @@ SST2 = {
     "full": "sst2_minilm_full.yaml",
     "lora": "sst2_minilm_lora.yaml",
     "adalora": "sst2_minilm_adalora.yaml",
+    "dora": "sst2_minilm_dora.yaml",
+    "ia3": "sst2_minilm_ia3.yaml",
     "qlora": "sst2_minilm_qlora.yaml",
     "houlsby": "sst2_minilm_houlsby.yaml",
     "pfeiffer": "sst2_minilm_pfeiffer.yaml",
@@ -49,11 +51,13 @@ E2E = {
 }
 E2E_FULL = {"method": "full"}
 E2E_FULL_LR = 1.0e-4
-PEFT_HAS = {"lora", "adalora", "qlora", "prompt", "prefix", "ptuning", "ptuning_v2"}
+PEFT_HAS = {"lora", "adalora", "dora", "ia3", "qlora", "prompt", "prefix", "ptuning", "ptuning_v2"}
 LABELS = {
     "full": "full fine-tuning",
     "lora": "LoRA",
     "adalora": "AdaLoRA",
+    "dora": "DoRA",
+    "ia3": "(IA)³",
     "qlora": "QLoRA (NF4)",
     "houlsby": "Houlsby adapter",
     "pfeiffer": "Pfeiffer adapter",
@@ -194,6 +198,8 @@ def peft_config(method: str, adapter: dict[str, Any], task_type: str, total_step
         "lora": peft.LoraConfig,
         "qlora": peft.LoraConfig,
         "adalora": lambda **f: peft.AdaLoraConfig(total_step=total_steps, **f),
+        "dora": peft.LoraConfig,  # use_dora comes with the fields
+        "ia3": peft.IA3Config,
         "prompt": peft.PromptTuningConfig,
         "prefix": peft.PrefixTuningConfig,
         "ptuning": peft.PromptEncoderConfig,
@@ -260,7 +266,9 @@ _PEFT_FIELDS = {
     "r",
     "lora_alpha",
     "lora_dropout",
+    "use_dora",
     "target_modules",
+    "feedforward_modules",
     "init_r",
     "target_r",
     "tinit",

@@ -9,6 +9,7 @@ from peftkit import (
     AdaPtLoraConfig,
     BottleneckConfig,
     FusionConfig,
+    IA3Config,
     LoraConfig,
     PrefixTuningConfig,
     PromptTuningConfig,
@@ -68,6 +69,46 @@ CASES: list[Case] = [
         lambda: LoraConfig(
             r=4, target_modules=["q_proj", "o_proj"], init_lora_weights="pissa", lora_dropout=0.1
         ),
+    ),
+    Case(
+        "lora-llama-olora",
+        "llama",
+        lambda: LoraConfig(r=4, target_modules=["q_proj", "o_proj"], init_lora_weights="olora"),
+    ),
+    Case(  # init False: B is random too, so the adapter acts from the start
+        "lora-mlp-bias-on-b-random-init",
+        "mlp",
+        lambda: LoraConfig(r=2, target_modules=["fc1", "fc2"], lora_bias=True, init_lora_weights=False),
+        identity_at_init=False,
+    ),
+    # DoRA: LoRA's direction, a trained magnitude per output unit
+    Case(
+        "dora-llama-qv-dropout",
+        "llama",
+        lambda: LoraConfig(r=4, target_modules=["q_proj", "v_proj"], use_dora=True, lora_dropout=0.1),
+    ),
+    Case(
+        "dora-gpt2-conv1d", "gpt2", lambda: LoraConfig(r=2, target_modules=["c_attn", "c_fc"], use_dora=True)
+    ),
+    Case(
+        "dora-llama-embed-mlp",
+        "llama",
+        lambda: LoraConfig(r=2, target_modules=["embed_tokens", "down_proj"], use_dora=True),
+    ),
+    Case("dora-bert-cls", "bert", lambda: LoraConfig(r=2, use_dora=True, modules_to_save=["classifier"])),
+    # (IA)^3: vectors rescaling keys, values (outputs) and the FFN's second layer (its input)
+    Case("ia3-llama-defaults", "llama", lambda: IA3Config()),
+    Case(
+        "ia3-gpt2-conv1d",
+        "gpt2",
+        lambda: IA3Config(target_modules=["c_attn", "mlp.c_proj"], feedforward_modules=["mlp.c_proj"]),
+    ),
+    Case("ia3-t5-defaults", "t5", lambda: IA3Config()),
+    Case("ia3-bert-cls", "bert", lambda: IA3Config(modules_to_save=["classifier"])),
+    Case(
+        "ia3-mlp-regex-feedforward",
+        "mlp",
+        lambda: IA3Config(target_modules=r"fc\d", feedforward_modules=r"fc2"),
     ),
     Case(
         "adalora-llama-qv",

@@ -31,7 +31,9 @@ def test_bad_values_name_their_field(kwargs, field):
 
 
 def test_choice_errors_list_allowed_values():
-    with pytest.raises(ConfigError, match=r"\['kaiming', 'gaussian', 'pissa'\]"):
+    with pytest.raises(
+        ConfigError, match=r"\['kaiming', 'gaussian', 'pissa', 'olora', False, 'pissa_niter_<n>'\]"
+    ):
         LoraConfig(init_lora_weights="xavier")
 
 

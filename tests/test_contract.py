@@ -90,6 +90,8 @@ def test_merge_equals_unmerged(case):
     torch.testing.assert_close(logits(model, inputs), unmerged, atol=MERGE_ATOL, rtol=1e-4)
     model.merge_adapter()  # second merge must not double the delta
     torch.testing.assert_close(logits(model, inputs), unmerged, atol=MERGE_ATOL, rtol=1e-4)
+    with pytest.raises(AdapterError, match="unmerged"):  # rows cannot pick adapters out of merged weights
+        logits(model, inputs, adapter_names=["default"] * inputs["input_ids"].shape[0])
     model.unmerge_adapter()
     torch.testing.assert_close(logits(model, inputs), unmerged, atol=MERGE_ATOL, rtol=1e-4)
     merged_plain = model.merge_and_unload()
@@ -110,8 +112,8 @@ def test_disabled_equals_base(case):
 
 
 def test_add_switch_delete(case):
-    if case.make_config().to_dict().get("init_lora_weights") == "pissa":
-        pytest.skip("PiSSA owns its layers' base weights: one adapter per layer")
+    if getattr(case.make_config(), "residual_init", False):
+        pytest.skip("PiSSA and OLoRA own their layers' base weights: one adapter per layer")
     model = wrapped(case)
     model.add_adapter("other", case.make_config())
     perturb(model, "default", seed=1)
@@ -133,7 +135,7 @@ def test_add_switch_delete(case):
 
 
 def test_mixed_batch_equals_single_runs(case):
-    if case.make_config().to_dict().get("init_lora_weights") == "pissa":
+    if getattr(case.make_config(), "residual_init", False):
         rows, names = ["default", BASE_ROW, "default"], ["default"]
     else:
         rows, names = ["other", BASE_ROW, "default"], ["default", "other"]

@@ -9,7 +9,7 @@ import torch
 from conftest import build, make_inputs
 from test_contract import perturb
 
-from peftkit import BASE_ROW, AdapterError, LoraConfig, get_peft_model
+from peftkit import BASE_ROW, AdapterError, ConfigError, LoraConfig, get_peft_model
 
 
 def test_linear_forward_is_base_plus_scaled_BA():
@@ -162,3 +162,95 @@ def test_mixed_rows_add_each_adapter_once(grad, base):
         out = model(x, adapter_names=rows)
     torch.testing.assert_close(out, expected)
     assert torch.equal(x, before)  # the caller's tensor (e.g. a residual) is never written
+
+
+# ---- peft's LoRA options: init False, OLoRA, randomised PiSSA, lora_bias, fan_in_fan_out ----------------
+def test_init_false_leaves_both_factors_random():
+    inputs = make_inputs("llama")
+    expected = build("llama")(**inputs).logits
+    model = get_peft_model(
+        build("llama"), LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False)
+    )
+    B = model.base_model.model.layers[0].self_attn.q_proj.lora_B["default"].weight
+    assert B.abs().min() > 0  # peft's init False: B is not zero, the adapter acts from the start
+    assert not torch.allclose(model(**inputs).logits, expected, atol=1e-4)
+
+
+def test_olora_takes_the_first_qr_components_out_of_the_weight():
+    """OLoRA (Buyukakyuz 2024): W = Q R, A = R[:r], B = Q[:, :r]; W keeps W - s B A (an identity at init)."""
+    base = build("llama")
+    W = base.model.layers[0].self_attn.q_proj.weight.detach().clone()
+    inputs = make_inputs("llama")
+    expected = base(**inputs).logits
+    model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], init_lora_weights="olora")
+    )
+    layer = model.base_model.model.layers[0].self_attn.q_proj
+    Q, R = torch.linalg.qr(W)
+    torch.testing.assert_close(layer.lora_A["default"].weight, R[:4])
+    torch.testing.assert_close(layer.lora_B["default"].weight, Q[:, :4])
+    torch.testing.assert_close(layer.base.weight, W - 2.0 * Q[:, :4] @ R[:4], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(model(**inputs).logits, expected, atol=1e-5, rtol=1e-4)
+    model.delete_adapter("default")
+    torch.testing.assert_close(base.model.layers[0].self_attn.q_proj.weight, W, atol=1e-6, rtol=1e-5)
+
+
+def test_randomised_pissa_is_an_identity_at_init():
+    inputs = make_inputs("llama")
+    expected = build("llama")(**inputs).logits
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights="pissa_niter_4")
+    model = get_peft_model(build("llama"), config)
+    torch.testing.assert_close(model(**inputs).logits, expected, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ConfigError, match="init_lora_weights"):
+        LoraConfig(target_modules=["q_proj"], init_lora_weights="pissa_niter_0")
+
+
+def test_residual_init_rank_is_bounded_by_the_layer():
+    with pytest.raises(ConfigError, match="olora takes r components"):
+        get_peft_model(build("mlp"), LoraConfig(r=17, target_modules=["fc1"], init_lora_weights="olora"))
+
+
+def test_lora_bias_trains_a_bias_on_b_and_merges_into_the_base_bias():
+    model = get_peft_model(
+        build("mlp"), LoraConfig(r=2, lora_alpha=4, target_modules=["fc1"], lora_bias=True)
+    )
+    layer = model.base_model.fc1
+    bias = layer.lora_B["default"].bias
+    assert bias.requires_grad and torch.equal(bias, torch.zeros_like(bias))
+    perturb(model)
+    x = torch.randn(3, 16)
+    A, B = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    expected = layer.base(x) + 2.0 * (x @ A.T @ B.T + bias)
+    torch.testing.assert_close(layer(x), expected)
+    base_bias = layer.base.bias.detach().clone()
+    model.merge_adapter()
+    torch.testing.assert_close(layer.base.bias, base_bias + 2.0 * bias.detach())
+    torch.testing.assert_close(layer(x), expected, atol=1e-6, rtol=1e-5)
+    model.unmerge_adapter()
+    torch.testing.assert_close(layer.base.bias, base_bias)
+
+
+def test_lora_bias_on_a_layer_without_bias_trains_but_does_not_merge():
+    base = torch.nn.Sequential(torch.nn.Linear(4, 4, bias=False))
+    with pytest.warns(UserWarning, match="cannot be merged"):
+        model = get_peft_model(base, LoraConfig(r=2, target_modules=["0"], lora_bias=True))
+    with pytest.raises(AdapterError, match="lora_bias=True"):
+        model.merge_adapter()
+    assert not model.base_model[0].merged
+    with pytest.raises(ConfigError, match="lora_bias"):
+        LoraConfig(target_modules=["0"], lora_bias=True, use_dora=True)
+
+
+@pytest.mark.parametrize(
+    ("kind", "given", "corrected", "message"),
+    [
+        ("gpt2", False, True, "target module is `Conv1D`"),
+        ("llama", True, False, "target module is `torch.nn.Linear`"),
+    ],
+)
+def test_fan_in_fan_out_is_corrected_to_the_layer_type(kind, given, corrected, message):
+    target = "c_attn" if kind == "gpt2" else "q_proj"
+    config = LoraConfig(r=2, target_modules=[target], fan_in_fan_out=given)
+    with pytest.warns(UserWarning, match=message):
+        get_peft_model(build(kind), config)
+    assert config.fan_in_fan_out is corrected

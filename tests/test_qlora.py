@@ -213,3 +213,35 @@ def test_cli_merge_of_a_qlora_adapter_says_it_is_dequantised(tmp_path):
     assert "written dequantised, in full precision (float32)" in done.stdout
     merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
     assert not quantized_layers(merged) and getattr(merged.config, "quantization_config", None) is None
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        pytest.param(peftkit.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], use_dora=True), id="dora"),
+        pytest.param(peftkit.IA3Config(), id="ia3"),
+    ],
+)
+def test_dora_and_ia3_on_a_4bit_base(config):
+    """DoRA's norms read the dequantised weight; IA3 rescales around the 4-bit layer; both merge into a
+    dequantised model."""
+    model = peftkit.get_peft_model(quantize_model(tiny_llama()), config)
+    inputs = make_inputs("llama")
+    with model.disable_adapter():
+        base_out = out(model, inputs)
+    torch.testing.assert_close(out(model, inputs), base_out, atol=1e-4, rtol=1e-4)  # identity at init
+    packed = {n: m.weight.data.clone() for n, m in quantized_layers(model)}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for _ in range(3):
+        out(model, inputs).float().pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    assert all(torch.equal(m.weight.data, packed[n]) for n, m in quantized_layers(model))
+    expected = out(model, inputs)
+    assert not torch.allclose(expected, base_out, atol=1e-3)
+    with pytest.warns(UserWarning, match="dequantised to full precision"):
+        merged = model.merge_and_unload()
+    assert not quantized_layers(merged)
+    torch.testing.assert_close(out(merged, inputs), expected, atol=2e-2, rtol=0)

@@ -5,6 +5,7 @@ kill, and exact resume for every kind of method (AdaLoRA's allocation state incl
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import signal
@@ -241,6 +242,22 @@ def test_trainer_resume_refuses_a_changed_run(tmp_path):
     with pytest.raises(ConfigError, match="training examples differ"):
         other.train(resume=True)
     assert steps(out) == [1, 2, 3]  # nothing was touched by the refused resumes
+
+
+def test_a_checkpoint_written_before_a_config_field_existed_resumes(tmp_path):
+    """A field the checkpoint's config lacks (added to TrainConfig since) reads as its default."""
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="crash"):
+        trainer(out, loss_fn=crash_at(4)).train()
+    newest = max((out / "checkpoints").glob("step-*"))
+    state = torch.load(newest / "state.pt", weights_only=False)
+    state["config"].pop("loraplus_lr_ratio")  # as written before the field existed
+    torch.save(state, newest / "state.pt")
+    manifest = json.loads((newest / "complete.json").read_text())
+    manifest["sha256"]["state.pt"] = hashlib.sha256((newest / "state.pt").read_bytes()).hexdigest()
+    (newest / "complete.json").write_text(json.dumps(manifest))
+    trainer(out).train(resume=True)
+    assert steps(out)[-1] == CFG["max_steps"]
 
 
 def test_a_constant_schedule_run_can_be_extended_exactly(tmp_path):

@@ -74,8 +74,17 @@ def test_layer_index():
 def test_no_match_lists_candidates():
     with pytest.raises(TargetError, match=r"matched no module.*q_proj"):
         targets("llama", target_modules=["query"])
-    with pytest.raises(TargetError, match="target_modules is not set"):
-        targets("llama")
+    with pytest.raises(TargetError, match=r"Please specify `target_modules`.*'fc1'"):
+        targets("mlp")  # a plain torch model: no architecture default
+
+
+def test_default_targets_follow_the_architecture():
+    """peft's per-architecture tables fill a config without target_modules (and are written into it)."""
+    config = LoraConfig(r=2)
+    model = get_peft_model(build("llama"), config)
+    assert config.target_modules == ["q_proj", "v_proj"]
+    assert {t.rsplit(".", 1)[-1] for t in model.targets["default"]} == {"q_proj", "v_proj"}
+    assert {t.rsplit(".", 1)[-1] for t in targets("gpt2")} == {"c_attn"}
 
 
 def test_each_unmatched_entry_is_reported():

@@ -325,13 +325,13 @@ def test_rank_bounds_hold_for_every_low_rank_method():
     from peftkit import AdaLoraConfig, AdaPtLoraConfig
 
     for config in (
-        LoraConfig(r=33, target_modules=["v_proj"]),  # v_proj: 32 -> 16, so at most 32
-        AdaLoraConfig(init_r=33, target_r=1, target_modules=["v_proj"]),
-        AdaPtLoraConfig(tasks=["a"], r=33, target_modules=["v_proj"]),
+        LoraConfig(r=49, target_modules=["v_proj"]),  # v_proj: 32 -> 16, so at most 32 + 16
+        AdaLoraConfig(init_r=49, target_r=1, target_modules=["v_proj"]),
+        AdaPtLoraConfig(tasks=["a"], r=49, target_modules=["v_proj"]),
     ):
         with pytest.raises(ConfigError, match="is too large for model.layers.0.self_attn.v_proj"):
             get_peft_model(build("llama"), config)
-    get_peft_model(build("llama"), LoraConfig(r=32, target_modules=["v_proj"]))  # 2 x min(32, 16)
+    get_peft_model(build("llama"), LoraConfig(r=48, target_modules=["v_proj"]))  # d_in + d_out: accepted
 
 
 def test_virtual_token_sizes_are_bounded_by_the_model():
@@ -549,3 +549,28 @@ def test_no_warning_for_a_checkpoint_with_digests(saved):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         PeftModel.from_pretrained(build("llama"), saved)
+
+
+@pytest.mark.parametrize("group", [None, "g"])
+def test_validation_holdout_never_reads_the_test_rows(tmp_path, group):
+    """``data.holdout: validation`` (choosing settings): the test rows stay out of both training and
+    validation, the validation rows are out of training, sizes follow eval_fraction, groups stay whole."""
+    from peftkit.pipeline import read_split
+
+    lines = [f'{{"text": "film {i}", "label": {i % 2}, "g": {i // 4}}}' for i in range(200)]
+    data = _jsonl(tmp_path / "d.jsonl", lines)
+    section = {"train": str(data), "eval_fraction": 0.2, "seed": 3, "group_column": group}
+    runs = {
+        h: build_run_config({"task": {"type": "classification"}, "data": {**section, "holdout": h}})
+        for h in ("test", "validation")
+    }
+    train, test = read_split(runs["test"])
+    vtrain, validation = read_split(runs["validation"])
+    text = lambda rows: {r["text"] for r in rows}  # noqa: E731
+    assert not text(test) & (text(vtrain) | text(validation))
+    assert not text(validation) & text(vtrain) and text(vtrain) | text(validation) == text(train)
+    assert len(validation) == pytest.approx(0.2 * len(train), abs=4)
+    if group:
+        assert not {r["g"] for r in validation} & {r["g"] for r in vtrain}
+    with pytest.raises(ConfigError, match="data.holdout"):
+        build_run_config({"task": {"type": "classification"}, "data": {**section, "holdout": "dev"}})

@@ -6,9 +6,11 @@ reaches itself through imports):
 * application: ``cli``, ``serve``, ``pipeline`` and ``run_config``, ``models`` (the model catalogue),
   ``demo``, ``evaluation``, ``plotting``;
 * library, high: ``model`` (:class:`PeftModel`: adapters, the virtual-token stage, per-row routing),
-  ``decoding``, ``composition``, ``training``, ``data``, ``ensemble``, ``generation``;
+  ``decoding``, ``composition``, ``training``, ``optimizers`` (LoRA+), ``data``, ``ensemble``,
+  ``generation``;
 * library, methods: ``methods/<name>/{config,layer,method}.py``, registered by a decorator, sharing
-  ``methods/lowrank.py`` (LoRA, AdaLoRA, AdaPtLoRA), ``methods/parameter_delta.py`` and
+  ``methods/lowrank.py`` (LoRA with its DoRA option, AdaLoRA, AdaPtLoRA), ``methods/default_targets.py``
+  (peft's per-architecture defaults), ``methods/parameter_delta.py`` and
   ``methods/sparse_delta.py`` (full, BitFit, selection, diff pruning); ``virtual/`` (the stage and the
   protocol every virtual-token method follows);
 * library, protocol: ``layer`` (:class:`AdapterLayer`, ``attach``), ``rows`` (routing, the mixed-batch
@@ -30,6 +32,7 @@ from .methods.bottleneck import BottleneckConfig, Stack
 from .methods.diff_pruning import DiffPruningConfig
 from .methods.full import FullConfig
 from .methods.fusion import FusionConfig, fusion_attention
+from .methods.ia3 import IA3Config
 from .methods.lora import LoraConfig
 from .methods.p_tuning import PTuningConfig
 from .methods.p_tuning_v2 import PTuningV2Config
@@ -58,6 +61,7 @@ __all__ = [
     "GenerationOutput",
     "FullConfig",
     "FusionConfig",
+    "IA3Config",
     "LayerMethod",
     "LoraConfig",
     "PTuningConfig",

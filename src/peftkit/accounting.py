@@ -98,7 +98,7 @@ def adapter_cost(model: nn.Module, config: PeftConfig) -> AdapterCost:
     """What ``config`` would add to ``model``; the model is copied, never modified."""
     from .model import get_peft_model
 
-    if getattr(config, "init_lora_weights", None) == "pissa":  # counting needs no SVD
+    if getattr(config, "residual_init", False):  # counting needs no SVD or QR of the base
         config = config.replace(init_lora_weights="kaiming")
     peft_model = get_peft_model(copy.deepcopy(model), config.replace(inference_mode=False))
     state = peft_model.adapter_state_dict("default")

@@ -92,7 +92,7 @@ def check_regex(name: str, pattern: str) -> None:
         raise ConfigError(name, f"{pattern!r} is not a valid regular expression ({err})") from err
 
 
-def _check_targets(name: str, value: Targets) -> Targets:
+def check_targets(name: str, value: Targets) -> Targets:
     if isinstance(value, str):
         check_regex(name, value)
         return value
@@ -132,8 +132,8 @@ class PeftConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        self.target_modules = _check_targets("target_modules", self.target_modules)
-        self.exclude_modules = _check_targets("exclude_modules", self.exclude_modules)
+        self.target_modules = check_targets("target_modules", self.target_modules)
+        self.exclude_modules = check_targets("exclude_modules", self.exclude_modules)
         if isinstance(self.layers_to_transform, int):
             self.layers_to_transform = [self.layers_to_transform]
         if self.layers_to_transform is not None and not all(
@@ -143,7 +143,7 @@ class PeftConfig:
                 "layers_to_transform", f"expected non-negative ints, got {self.layers_to_transform!r}"
             )
         if self.modules_to_save is not None:
-            mts = _check_targets("modules_to_save", self.modules_to_save)
+            mts = check_targets("modules_to_save", self.modules_to_save)
             self.modules_to_save = [mts] if isinstance(mts, str) else mts
 
     @classmethod
@@ -198,6 +198,7 @@ __all__ = [
     "check_positive_int",
     "check_range",
     "check_regex",
+    "check_targets",
     "field",
 ]
 
@@ -210,11 +211,13 @@ def check_size(field: str, value: int, limit: int, module_name: str, why: str) -
 
 
 def check_rank(field: str, r: int, d_in: int, d_out: int, module_name: str) -> None:
-    """A low-rank factorisation ``B A`` of a ``d_out x d_in`` layer: ``rank(B A) <= min(d_in, d_out)``.
-    Up to twice that is accepted, as a PiSSA adapter is saved with rank ``2 r``."""
-    full = min(d_in, d_out)
-    why = f"rank(B A) <= min(d_in, d_out) = {full} (twice that is accepted: PiSSA saves rank 2r)"
-    check_size(field, r, 2 * full, module_name, why)
+    """A low-rank factorisation ``B A`` of a ``d_out x d_in`` layer. Its rank is at most
+    ``min(d_in, d_out)``, but peft accepts larger ``r`` (the extra rank adds nothing: its tests use r=8
+    on 2-wide layers), and a PiSSA adapter is saved with rank ``2 r``; so up to ``d_in + d_out`` is
+    accepted, where ``B`` and ``A`` hold at most ``(d_in + d_out)^2`` numbers. Beyond, only memory grows
+    (a corrupt or hostile ``"r": 2000000`` would ask for gigabytes)."""
+    why = f"B A has rank at most min(d_in, d_out) = {min(d_in, d_out)}; up to d_in + d_out is accepted"
+    check_size(field, r, d_in + d_out, module_name, why)
 
 
 def field_docs(cls: type) -> dict[str, str]:

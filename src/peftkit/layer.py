@@ -7,8 +7,10 @@ containers keyed by adapter name (``nn.ModuleDict`` / ``nn.ParameterDict``) list
 which parameters belong to an adapter, its state dict in the ``peft`` key scheme (adapter name
 stripped), enabling/disabling, deletion, per-row adapters in a mixed batch (:func:`peftkit.rows.mix_rows`
 with the routing :class:`~peftkit.PeftModel` makes current), and merge/unmerge for methods whose maths
-allows it (``delta_weight`` returns a tensor). :func:`attach` puts a layer class at a module path
-(wrapping the module, or joining the layer of that class already there) for every method.
+allows it (``delta_weight``, and ``delta_bias``, return tensors; a method whose merge is not a sum, such
+as DoRA's rescaling or IA3's product, overrides ``merge_one``/``unmerge_one``, and ``adapted`` /
+``mixed_forward`` when its output is not ``base(x)`` plus deltas). :func:`attach` puts a layer class at a
+module path (wrapping the module, or joining the layer of that class already there) for every method.
 """
 
 from __future__ import annotations
@@ -128,18 +130,34 @@ class AdapterLayer(nn.Module):
         """The change this adapter makes to ``base.weight``, or None when it cannot be merged."""
         return None
 
+    def delta_bias(self, name: str) -> torch.Tensor | None:
+        """The change this adapter makes to ``base.bias`` (LoRA's ``lora_bias``), or None: none."""
+        return None
+
     def merge(self, names: list[str] | None = None) -> None:
         """Add adapters into the base weight. Merging an already merged adapter does nothing."""
         for name in names if names is not None else self.active:
             if name in self.merged or name not in self.adapter_names():
                 continue
-            delta = self.delta_weight(name)
-            if delta is None:
-                raise AdapterError(f"{type(self).__name__} cannot merge adapter {name!r}")
-            self._dequantize_base()
-            with torch.no_grad():
-                self.base.weight.add_(delta.to(self.base.weight.dtype))
+            self.merge_one(name)
             self.merged.append(name)
+
+    def merge_one(self, name: str) -> None:
+        """Fold one adapter into the base: ``W += delta_weight``, ``b += delta_bias``. A method whose
+        merge is not additive (DoRA's rescaling, IA3's product) overrides this and :meth:`unmerge_one`."""
+        delta, bias = self.delta_weight(name), self.delta_bias(name)
+        if delta is None:
+            raise AdapterError(f"{type(self).__name__} cannot merge adapter {name!r}")
+        if bias is not None and self.bias is None:
+            raise AdapterError(
+                f"adapter {name!r} trains a bias (lora_bias=True) but {type(self.base).__name__} has none "
+                "to merge it into; keep the adapter unmerged"
+            )
+        self._dequantize_base()
+        with torch.no_grad():
+            self.base.weight.add_(delta.to(self.base.weight.dtype))
+            if bias is not None:
+                self.base.bias.add_(bias.to(self.base.bias.dtype))
 
     def _dequantize_base(self) -> None:
         """A 4-bit base cannot take a delta: it becomes its dequantised full-precision copy (for good)."""
@@ -150,31 +168,52 @@ class AdapterLayer(nn.Module):
 
     def unmerge(self) -> None:
         while self.merged:
-            name = self.merged.pop()
-            with torch.no_grad():
-                self.base.weight.sub_(self.delta_weight(name).to(self.base.weight.dtype))
+            self.unmerge_one(self.merged[-1])  # the last merged first; a refusal leaves it listed
+            self.merged.pop()
+
+    def unmerge_one(self, name: str) -> None:
+        """Take one merged adapter back out of the base (the last merged first)."""
+        bias = self.delta_bias(name)
+        with torch.no_grad():
+            self.base.weight.sub_(self.delta_weight(name).to(self.base.weight.dtype))
+            if bias is not None:
+                self.base.bias.sub_(bias.to(self.base.bias.dtype))
 
     # ---- forward -----------------------------------------------------------------------------
+    def check_mixable(self) -> None:
+        """Rows of a batch cannot take their own adapters from a layer whose base holds merged ones."""
+        if self.merged:
+            raise AdapterError("a mixed-adapter batch needs unmerged adapters; call unmerge_adapter() first")
+
     def adapter_delta(self, name: str, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """What adapter ``name`` adds to the base output for input ``x``."""
         raise NotImplementedError  # pragma: no cover - abstract
 
     def forward(self, x: torch.Tensor, *args, **kwargs):
-        out = self.base(x, *args, **kwargs)
         if self.disabled:
             if self.merged:
                 raise AdapterError("adapters are merged into the base; unmerge_adapter() before disabling")
-            return out
+            return self.base(x, *args, **kwargs)
         if current_rows().mixed:
+            self.check_mixable()
+            return self.mixed_forward(x, *args, **kwargs)
+        return self.adapted(x, [n for n in self.active if n not in self.merged], *args, **kwargs)
 
-            def delta(name: str, rows: torch.Tensor) -> torch.Tensor:
-                return self.adapter_delta(name, x[rows], *args, **kwargs)
-
-            return mix_rows(out, self.adapter_names(), delta, source=x)
-        for name in self.active:
-            if name not in self.merged:
-                out = out + self.adapter_delta(name, x, *args, **kwargs).to(out.dtype)
+    def adapted(self, x: torch.Tensor, names: list[str], *args, **kwargs) -> torch.Tensor:
+        """The output with adapters ``names`` applied to every row: ``base(x) + sum of their deltas``."""
+        out = self.base(x, *args, **kwargs)
+        for name in names:
+            out = out + self.adapter_delta(name, x, *args, **kwargs).to(out.dtype)
         return out
+
+    def mixed_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """Each row with its own adapter (the current routing): the base output plus, for the rows of each
+        adapter, that adapter's delta (:func:`~peftkit.rows.mix_rows`)."""
+
+        def delta(name: str, rows: torch.Tensor) -> torch.Tensor:
+            return self.adapter_delta(name, x[rows], *args, **kwargs)
+
+        return mix_rows(self.base(x, *args, **kwargs), self.adapter_names(), delta, source=x)
 
 
 def adapter_layers(model: nn.Module) -> Iterator[tuple[str, AdapterLayer]]:

@@ -6,6 +6,7 @@ layer can share it without import cycles.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 
 import torch
@@ -27,6 +28,25 @@ def linear_types() -> tuple[type, ...]:
 
 def is_conv1d(module: nn.Module) -> bool:
     return isinstance(module, conv1d_type())
+
+
+# (what the config says, whether the layer is a Conv1D) -> peft's warning when they disagree
+FAN_IN_FAN_OUT_FIXES = {
+    (True, False): "fan_in_fan_out is set to True but the target module is `torch.nn.Linear`. "
+    "Setting fan_in_fan_out to False.",
+    (False, True): "fan_in_fan_out is set to False but the target module is `Conv1D`. "
+    "Setting fan_in_fan_out to True.",
+}
+
+
+def correct_fan_in_fan_out(config, module: nn.Module) -> None:
+    """peft's rule for a config's ``fan_in_fan_out``: the adapted layer's type decides (a Conv1D stores its
+    weight ``(d_in, d_out)``), and a config saying otherwise is corrected with peft's warning. peftkit's
+    layers read the layout from the type; the field records it for peft's adapter_config.json."""
+    message = FAN_IN_FAN_OUT_FIXES.get((config.fan_in_fan_out, is_conv1d(module)))
+    if message:
+        warnings.warn(message, UserWarning, stacklevel=4)
+        config.fan_in_fan_out = is_conv1d(module)
 
 
 def linear_dims(base: nn.Module) -> tuple[int, int]:

@@ -89,8 +89,13 @@ def read_split(run: RunConfig) -> tuple[list[dict], list[dict]]:
         train, held_rows = rows, _read_file(d, d.eval, required)
     else:
         train, held_rows = _split(rows, d.eval_fraction, d.group_column, d.seed)
+    if d.holdout == "validation":  # the held-out rows are never read: validate on a part of train
+        train, held_rows = _split(train, d.eval_fraction, d.group_column, d.seed + VALIDATION_SEED)
     train = train[: d.limit] if d.limit else train
     return train, (held_rows[: d.eval_limit] if d.eval_limit else held_rows)
+
+
+VALIDATION_SEED = 7919  # offsets the validation split's seed from the test split's
 
 
 def _read_file(d: DataSection, path: str, required: list[str]) -> list[dict]:

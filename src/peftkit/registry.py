@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from .config import PeftConfig
+from .config import PeftConfig, Targets
 from .errors import ConfigError, TargetError
 from .figures import Heatmap
 from .layer import AdapterLayer, attach
@@ -42,6 +42,8 @@ class Method:
     config_class: ClassVar[type[PeftConfig]] = PeftConfig
     peft_type: ClassVar[str | None] = None
     key_prefix: ClassVar[str] = "base_model.model."  # peft's prefix of tensor keys in a checkpoint
+    # model_type -> target_modules used when a config names none (peft's per-architecture tables)
+    default_targets: ClassVar[dict[str, Targets]] = {}
 
     def inject(self, model: nn.Module, config: PeftConfig, adapter_name: str) -> list[str]:
         """Add adapter ``adapter_name`` to ``model`` in place; return the targeted module paths."""
@@ -104,6 +106,20 @@ class Method:
         """Hook for fields whose values differ between peft and peftkit."""
         return {}
 
+    def fill_defaults(self, model: nn.Module, config: PeftConfig) -> None:
+        """A config without ``target_modules`` gets this method's default for the model's architecture
+        (``config.model_type``), written into the config as peft does; none known: left unset (refused
+        by the targeting, which lists the candidates)."""
+        if config.target_modules is None:
+            config.target_modules = default_for(self.default_targets, model)
+
+
+def default_for(table: dict[str, Any], model: nn.Module) -> Any:
+    """``table``'s entry for the model's ``config.model_type`` (a copy), or None."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    value = table.get(model_type)
+    return list(value) if isinstance(value, list) else value
+
 
 class LayerMethod(Method):
     """A method that wraps targeted layers in :class:`AdapterLayer` subclasses."""
@@ -117,6 +133,7 @@ class LayerMethod(Method):
         raise TargetError(f"{self.name} cannot wrap {type(module).__name__}")
 
     def inject(self, model: nn.Module, config: PeftConfig, adapter_name: str) -> list[str]:
+        self.fill_defaults(model, config)
         targets = find_targets(model, config, tuple(self.layer_types), self.name)
         for path, module in targets:
             attach(model, path, self.layer_class(module), self.name).join(adapter_name, config, path)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -46,6 +46,8 @@ class RowContext:
     adapters: tuple[str, ...] | None = None
     tasks: str | tuple[str | None, ...] | None = None
     batch: int | None = None
+    # what every adapted layer of the forward asks again (groups, index tensors): computed once
+    _memo: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, adapters: Sequence[str] | None = None, tasks: Tasks = None, batch: int | None = None):
@@ -63,6 +65,23 @@ class RowContext:
         if self.tasks is None or isinstance(self.tasks, str):
             return [self.tasks] * batch
         return rows_for_batch(self.tasks, batch)
+
+    def groups(self, batch: int) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        """Each adapter name the rows use (``BASE_ROW`` included), with its rows, first use first."""
+        key = ("groups", batch)
+        if key not in self._memo:
+            names = self.adapter_rows(batch)
+            self._memo[key] = tuple(
+                (name, tuple(i for i, r in enumerate(names) if r == name)) for name in dict.fromkeys(names)
+            )
+        return self._memo[key]
+
+    def index(self, rows: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """``rows`` as an index tensor on ``device`` (made once per forward)."""
+        key = ("index", rows, device)
+        if key not in self._memo:
+            self._memo[key] = torch.tensor(rows, device=device)
+        return self._memo[key]
 
     def narrowed(self, index: Sequence[int], batch: int) -> RowContext:
         """The context of rows ``index`` of a ``batch``-row input, one entry per kept row."""
@@ -92,31 +111,33 @@ def routed(rows: RowContext) -> Iterator[RowContext]:
         _CURRENT.reset(token)
 
 
-def adapter_groups(rows: RowContext, batch: int, held: Collection[str]) -> Iterator[tuple[str, list[int]]]:
+def adapter_groups(rows: RowContext, batch: int, held: Collection[str]) -> list[tuple[str, tuple[int, ...]]]:
     """Each adapter of ``held`` that some rows use, with those rows (first use first)."""
-    names = rows.adapter_rows(batch)
-    for name in dict.fromkeys(names):
-        if name != BASE_ROW and name in held:
-            yield name, [i for i, r in enumerate(names) if r == name]
+    return [(name, picked) for name, picked in rows.groups(batch) if name != BASE_ROW and name in held]
 
 
 def mix_rows(
     out: torch.Tensor,
     held: Collection[str],
-    compute: Callable[[str, torch.Tensor], torch.Tensor],
+    compute: Callable[[str, torch.Tensor | slice], torch.Tensor],
     add: bool = True,
     source: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The mixed-batch template: for every adapter some rows use, ``compute(name, index)`` gives those
     rows' values (run inside the routing narrowed to them), added to ``out`` (``add``) or written
-    over them. ``out`` is updated in place only when autograd is off and it does not share memory with
+    over them. When one adapter serves every row, ``index`` is ``slice(None)`` (no gather, no scatter).
+    ``out`` is updated in place only when autograd is off and it does not share memory with
     ``source`` (the layer's input: an identity-like base hands its input back)."""
     rows, batch = current_rows(), out.shape[0]
+    groups = adapter_groups(rows, batch, held)
     aliased = source is not None and out.untyped_storage().data_ptr() == source.untyped_storage().data_ptr()
-    if not add or torch.is_grad_enabled() or aliased:
-        out = out.clone()
-    for name, picked in adapter_groups(rows, batch, held):
-        index = torch.tensor(picked, device=out.device)
+    in_place = add and not torch.is_grad_enabled() and not aliased
+    if len(groups) == 1 and len(groups[0][1]) == batch:  # every row runs the same adapter
+        value = compute(groups[0][0], slice(None)).to(out.dtype)
+        return (out.add_(value) if in_place else out + value) if add else value
+    out = out if in_place else out.clone()
+    for name, picked in groups:
+        index = rows.index(picked, out.device)
         with routed(rows.narrowed(picked, batch)):
             value = compute(name, index).to(out.dtype)
         if add:

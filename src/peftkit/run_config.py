@@ -60,6 +60,9 @@ class ModelSection:
             raise ConfigError("model.adapters", "'default' is the run's own adapter; choose another name")
 
 
+HOLDOUTS = ("test", "validation")
+
+
 @dataclass
 class DataSection:
     """Args:
@@ -68,6 +71,9 @@ class DataSection:
     group_column: keep rows sharing this column's value on one side of the split (e.g. E2E's ``mr``).
     format / delimiter / columns: reader options (columns renames source -> task column).
     limit: use at most this many training rows (0: all). seed: seeds the split.
+    holdout: what the run evaluates on: ``"test"``, the held-out rows; ``"validation"``, to choose
+    settings without touching them: the held-out rows are set aside and a validation split of the same
+    fraction (groups kept together) is cut from the training rows, which the run trains on the rest of.
     """
 
     train: str | None = None
@@ -82,10 +88,12 @@ class DataSection:
     limit: int = 0
     eval_limit: int = 0
     seed: int = 0
+    holdout: str = "test"
 
     def __post_init__(self) -> None:
         check_fields(self)
         check_range("data.eval_fraction", self.eval_fraction, 0.0, 1.0)
+        check_choice("data.holdout", self.holdout, HOLDOUTS)
         if self.limit < 0 or self.eval_limit < 0:
             raise ConfigError("data.limit", "must be >= 0")
         self.columns = {} if self.columns is None else self.columns

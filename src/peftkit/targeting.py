@@ -82,8 +82,8 @@ def find_targets(
     """Modules to wrap, as (path, module). Raises :class:`TargetError` when nothing fits."""
     if config.target_modules is None:
         raise TargetError(
-            f"{method}: target_modules is not set. Pick from {candidate_names(model, supported)}, "
-            f"or use 'all-linear'."
+            f"Please specify `target_modules` in `peft_config`: {method} has no default for this model "
+            f"(target_modules is not set). Pick from {candidate_names(model, supported)}, or 'all-linear'."
         )
     found = filter_targets(config, _candidates(model, config))
     if not found:

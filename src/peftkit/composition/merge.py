@@ -96,8 +96,15 @@ def _check(model, adapters: list[str], weights: list[float], how: str, svd_rank:
         config = model.peft_config[name]
         if not isinstance(config, LoraConfig):
             raise AdapterError(f"adapter {name!r} is {config.method}: only LoRA adapters merge here")
-        if config.init_lora_weights == "pissa":
-            raise AdapterError(f"adapter {name!r} is PiSSA (its base holds a residual); reload it saved")
+        if config.residual_init:
+            raise AdapterError(
+                f"adapter {name!r} is {config.init_lora_weights} (its base holds a residual); reload it saved"
+            )
+        if config.use_dora or config.lora_bias:
+            raise AdapterError(
+                f"adapter {name!r} has {'DoRA magnitudes' if config.use_dora else 'a bias on B'}, which "
+                "weighted merging of A and B factors would drop; merge plain LoRA adapters"
+            )
         if config.modules_to_save:
             raise AdapterError(
                 f"adapter {name!r} trains whole modules ({config.modules_to_save}), which cannot be "

@@ -8,6 +8,7 @@ from . import (  # noqa: F401
     adaptlora,
     bitfit,
     diff_pruning,
+    ia3,
     lora,
     p_tuning,
     p_tuning_v2,

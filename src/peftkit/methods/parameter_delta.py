@@ -71,6 +71,7 @@ class ParameterDeltaLayer(AdapterLayer):
                 raise AdapterError("adapters are merged into the base; unmerge_adapter() before disabling")
             return self.base(*args, **kwargs)
         if current_rows().mixed:
+            self.check_mixable()
             return self._mixed_forward(*args, **kwargs)
         return self.run([n for n in self.active if n not in self.merged], *args, **kwargs)
 

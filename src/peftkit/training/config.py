@@ -25,6 +25,8 @@ class TrainConfig:
         schedule: ``linear`` or ``cosine`` decay after warm-up, or ``constant``.
         warmup_steps / warmup_ratio: linear warm-up length (steps, or a fraction of all steps).
         weight_decay: AdamW weight decay.
+        loraplus_lr_ratio: LoRA+ (Hayou et al. 2024): the B factors (and one-dimensional adapter parameters,
+            e.g. DoRA's magnitudes) learn at ``lr`` times this ratio (the paper suggests 16); 0: off.
         max_grad_norm: clip the global gradient norm (0 disables).
         bf16: run forward/backward under bf16 autocast.
         gradient_checkpointing: recompute activations in backward to save memory.
@@ -50,6 +52,7 @@ class TrainConfig:
     warmup_steps: int = 0
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
+    loraplus_lr_ratio: float = 0.0
     max_grad_norm: float = 1.0
     bf16: bool = False
     gradient_checkpointing: bool = False
@@ -85,6 +88,10 @@ class TrainConfig:
                 raise ConfigError(name, f"must be a non-negative integer, got {value!r}")
         check_positive_int("keep_checkpoints", self.keep_checkpoints)
         check_positive_int("log_every", self.log_every)
+        if self.loraplus_lr_ratio < 0:
+            raise ConfigError(
+                "loraplus_lr_ratio", f"must be >= 0 (0: LoRA+ off), got {self.loraplus_lr_ratio!r}"
+            )
         if self.max_grad_norm < 0 or self.weight_decay < 0:
             raise ConfigError("max_grad_norm", "max_grad_norm and weight_decay must be >= 0")
 

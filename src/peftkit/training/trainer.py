@@ -32,6 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
+from ..optimizers import create_loraplus_optimizer
 from . import distributed, metrics, sharding
 from . import state as ckpt
 from .config import TrainConfig
@@ -95,7 +96,7 @@ class Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]  # FSDP2 shards, when sharded
         self.total = config.max_steps or max(1, math.ceil(config.epochs * self.steps_per_epoch))
         warmup = config.warmup_steps or int(config.warmup_ratio * self.total)
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = make_optimizer(model, self.params, config)
         self.scheduler = make_scheduler(self.optimizer, self.total, warmup, config.schedule)
         self.best: dict | None = None
         self.bad_evals = 0
@@ -346,9 +347,10 @@ class Trainer:
 
     def _check_resumable(self, checkpoint: ckpt.Checkpoint) -> None:
         saved, where = checkpoint.state, f"checkpoint {checkpoint.path}"
-        if "config" in saved:  # written by peftkit >= the version that checks it; newer fields: defaults
-            old = {**TrainConfig().to_dict(), **saved["config"]}
-            resume_changes({"train": old}, {"train": self.cfg.to_dict()}, where)
+        if "config" in saved:  # written by peftkit >= the version that checks it
+            # a field added since the checkpoint was written reads as its default (it was not set)
+            written = {**type(self.cfg)().to_dict(), **saved["config"]}
+            resume_changes({"train": written}, {"train": self.cfg.to_dict()}, where)
         if saved.get("world_size", 1) != self.world.size:
             raise ConfigError(
                 "--resume",
@@ -422,3 +424,20 @@ def _enable_checkpointing(model: nn.Module) -> None:
     if not hasattr(base, "gradient_checkpointing_enable"):
         raise ValueError(f"{type(base).__name__} does not support gradient checkpointing")
     base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def make_optimizer(
+    model: nn.Module, params: list[nn.Parameter], config: TrainConfig
+) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; with ``loraplus_lr_ratio`` in LoRA+'s groups (B factors faster,
+    LoRA on embeddings at ``lr``, biases and LayerNorms without weight decay)."""
+    if not config.loraplus_lr_ratio:
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return create_loraplus_optimizer(
+        model,
+        torch.optim.AdamW,
+        lr=config.lr,
+        loraplus_lr_ratio=config.loraplus_lr_ratio,
+        loraplus_weight_decay=config.weight_decay,
+        loraplus_lr_embedding=config.lr,
+    )

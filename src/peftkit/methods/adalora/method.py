@@ -12,6 +12,7 @@ from transformers.pytorch_utils import Conv1D
 from ...errors import ConfigError
 from ...figures import Heatmap
 from ...registry import LayerMethod, register_method
+from .. import default_targets as defaults
 from .allocation import allocate, budget_for, orthogonal_penalty, rank_map, start_schedule
 from .config import AdaLoraConfig
 from .layer import AdaLoraLinear
@@ -23,6 +24,7 @@ PEFT_LORA_FIELDS = {"r": None, "init_lora_weights": (True,), "bias": ("none",), 
 @register_method("adalora", config=AdaLoraConfig, peft_type="ADALORA")
 class AdaLoraMethod(LayerMethod):
     layer_types = {nn.Linear: AdaLoraLinear, Conv1D: AdaLoraLinear}
+    default_targets = defaults.ADALORA
 
     def before_training(
         self, model: nn.Module, config: AdaLoraConfig, adapter_name: str, total_steps: int

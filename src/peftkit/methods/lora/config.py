@@ -1,4 +1,5 @@
-"""LoRA config (Hu et al. 2021, sec. 4.1): ``h = W x + (alpha / r) * B A x``."""
+"""LoRA config (Hu et al. 2021, sec. 4.1): ``h = W x + (alpha / r) * B A x``, with peft's options: DoRA
+(``use_dora``), a bias on B (``lora_bias``) and the initialisations (random, Gaussian, PiSSA, OLoRA)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,18 @@ import re
 from dataclasses import dataclass, field
 
 from ...config import PeftConfig, check_choice, check_positive, check_positive_int, check_range, check_regex
+from ...errors import ConfigError
 
-INITS = ("kaiming", "gaussian", "pissa")
+INITS = ("kaiming", "gaussian", "pissa", "olora")  # and False (peft: B random too) and "pissa_niter_<n>"
+# inits that take their factors out of the base weight, which then holds only the residual
+RESIDUAL_INITS = ("pissa", "olora")
+PISSA_NITER = re.compile(r"pissa_niter_([1-9]\d*)")
 BIASES = ("none", "all", "lora_only")
+
+
+def is_residual_init(init: str | bool) -> bool:
+    """PiSSA (``"pissa"``, ``"pissa_niter_<n>"``) and OLoRA take A and B out of the base weight."""
+    return isinstance(init, str) and (init in RESIDUAL_INITS or PISSA_NITER.fullmatch(init) is not None)
 
 
 def pattern_lookup(pattern: dict, module_name: str, default):
@@ -29,10 +39,18 @@ class LoraConfig(PeftConfig):
         lora_alpha: scale numerator; the update is scaled by ``lora_alpha / r``.
         lora_dropout: dropout on the adapter's input, in [0, 1).
         use_rslora: scale by ``lora_alpha / sqrt(r)`` (rank-stabilised LoRA).
-        init_lora_weights: ``"kaiming"`` (A Kaiming-uniform, B = 0), ``"gaussian"`` (A ~ N(0, 1/r),
-            B = 0) or ``"pissa"`` (A, B from the top-r SVD of W; W keeps the residual).
+        init_lora_weights: ``"kaiming"`` (A Kaiming-uniform, B = 0; peft's ``True``), ``"gaussian"``
+            (A ~ N(0, 1/r), B = 0), ``False`` (A and B both random: not an identity at init, for tests),
+            ``"pissa"`` (A, B from the top-r SVD of W; W keeps the residual), ``"pissa_niter_<n>"`` (the same
+            from a randomised SVD with n subspace iterations) or ``"olora"`` (A, B from the QR decomposition
+            of W; W keeps the residual).
         rank_pattern / alpha_pattern: per-module overrides, keys are name suffixes or regexes.
         bias: which biases also train: ``"none"``, ``"all"``, or ``"lora_only"`` (of adapted layers).
+        use_dora: weight-decomposed LoRA (DoRA, Liu et al. 2024): a trained magnitude per output unit
+            times the unit-norm direction of ``W + s B A``.
+        lora_bias: give ``B`` a trained bias (zero at init); it merges into the base layer's bias.
+        fan_in_fan_out: whether the adapted layers store their weight ``(d_in, d_out)`` (GPT-2's Conv1D).
+            Read from each layer's type: a value that contradicts it is corrected with a warning (as peft).
     """
 
     r: int = 8
@@ -43,6 +61,9 @@ class LoraConfig(PeftConfig):
     rank_pattern: dict[str, int] = field(default_factory=dict)
     alpha_pattern: dict[str, float] = field(default_factory=dict)
     bias: str = "none"
+    use_dora: bool = False
+    lora_bias: bool = False
+    fan_in_fan_out: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -51,7 +72,8 @@ class LoraConfig(PeftConfig):
         check_positive_int("r", self.r)
         check_positive("lora_alpha", self.lora_alpha)
         check_range("lora_dropout", self.lora_dropout, 0.0, 1.0)
-        check_choice("init_lora_weights", self.init_lora_weights, INITS)
+        if self.init_lora_weights is not False and not PISSA_NITER.fullmatch(str(self.init_lora_weights)):
+            check_choice("init_lora_weights", self.init_lora_weights, (*INITS, False, "pissa_niter_<n>"))
         check_choice("bias", self.bias, BIASES)
         for key, value in self.rank_pattern.items():
             check_regex(f"rank_pattern[{key!r}]", key)
@@ -59,6 +81,28 @@ class LoraConfig(PeftConfig):
         for key, value in self.alpha_pattern.items():
             check_regex(f"alpha_pattern[{key!r}]", key)
             check_positive(f"alpha_pattern[{key!r}]", value)
+        self._check_combinations()
+
+    def _check_combinations(self) -> None:
+        """Options that exclude each other (peft refuses the first two the same way)."""
+        if self.lora_bias and self.init_lora_weights not in ("kaiming", False):
+            raise ConfigError(
+                "lora_bias",
+                f"lora_bias=True works with init_lora_weights=True or False, not {self.init_lora_weights!r}",
+            )
+        if self.lora_bias and self.use_dora:
+            raise ConfigError("lora_bias", "lora_bias=True is not supported with DoRA: set use_dora=False")
+        if self.use_dora and self.residual_init:
+            raise ConfigError(
+                "use_dora",
+                f"DoRA with init_lora_weights={self.init_lora_weights!r} is not supported: the adapter could "
+                "not be saved for the original base (DoRA's rescaling is not a low-rank update)",
+            )
+
+    @property
+    def residual_init(self) -> bool:
+        """Whether the init takes A and B out of the base weight (PiSSA, OLoRA), leaving the residual."""
+        return is_residual_init(self.init_lora_weights)
 
     def rank_for(self, module_name: str) -> int:
         return pattern_lookup(self.rank_pattern, module_name, self.r)

@@ -1,86 +1,90 @@
 """LoRA layers: ``y = base(x) + B(A(dropout(x))) * scale`` beside the frozen layer; dW never built
-in the forward pass, only for merging."""
+in the forward pass, only for merging. DoRA adapters (``use_dora``) rescale that per output unit
+(:mod:`.dora`); PiSSA and OLoRA adapters take their factors out of the base weight (:mod:`.init`)."""
 
 from __future__ import annotations
 
-import math
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...config import check_rank
+from ...config import check_rank, check_size
 from ...errors import ConfigError
 from ...layer import AdapterLayer
-from ...quantization import is_quantized
+from ...quantization import dequantized_weight, is_quantized
 from ...rows import current_rows
 from ..lowrank import LowRankLayer
 from .config import LoraConfig
+from .dora import DoraParts
+from .init import init_beside, residual_factors
 
 
-class LoraLinear(LowRankLayer):
+class LoraLinear(DoraParts, LowRankLayer):
     """LoRA on ``nn.Linear`` and GPT-2's ``Conv1D`` (weight stored transposed: fan_in_fan_out)."""
 
-    adapter_containers = ("lora_A", "lora_B")
+    adapter_containers = ("lora_A", "lora_B", "lora_magnitude_vector")
 
     def __init__(self, base_layer: nn.Module):
         super().__init__(base_layer)
         self.lora_A, self.lora_B = nn.ModuleDict(), nn.ModuleDict()
-        self.pissa_init: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.residual: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # PiSSA/OLoRA: (A0, B0) taken from W
 
     def add(self, name: str, config: LoraConfig, module_name: str) -> None:
         r, kw = config.rank_for(module_name), self.new_tensor_kwargs()
         check_rank("r", r, self.in_features, self.out_features, module_name)
         self.lora_A[name] = nn.Linear(self.in_features, r, bias=False, **kw)  # (r, d_in)
-        self.lora_B[name] = nn.Linear(r, self.out_features, bias=False, **kw)  # (d_out, r)
+        self.lora_B[name] = nn.Linear(r, self.out_features, bias=config.lora_bias, **kw)  # (d_out, r)
         self.add_path(name, config.lora_dropout, config.scaling_for(module_name))
-        self._init(name, config.init_lora_weights, r)
+        if config.lora_bias and self.bias is None:
+            warnings.warn(
+                f"lora_bias=True on {module_name}, a {type(self.base).__name__} without a bias: the adapter "
+                "trains, but it cannot be merged",
+                stacklevel=2,
+            )
+        if config.residual_init:
+            self._take_residual(name, str(config.init_lora_weights), r, module_name)
+        else:
+            init_beside(self.A(name), self.B(name), config.init_lora_weights, r, self.lora_B[name].bias)
+        if config.use_dora:
+            self.add_magnitude(name)
 
-    def _init(self, name: str, init: str, r: int) -> None:
-        A, B = self.lora_A[name].weight, self.lora_B[name].weight
-        with torch.no_grad():
-            if init == "pissa":
-                return self._pissa(name)
-            if init == "gaussian":
-                nn.init.normal_(A, std=1 / r)
-            else:
-                nn.init.kaiming_uniform_(A, a=math.sqrt(5))
-            nn.init.zeros_(B)
+    def A(self, name: str) -> torch.Tensor:
+        return self.lora_A[name].weight  # (r, d_in)
 
-    def _pissa(self, name: str) -> None:
-        """PiSSA (Meng et al. 2024): A, B from the top-r singular triplets; W keeps the residual."""
+    def B(self, name: str) -> torch.Tensor:
+        return self.lora_B[name].weight  # (d_out, r)
+
+    # ---- PiSSA / OLoRA: the factors come out of the base weight ------------------------------------
+    @torch.no_grad()
+    def _take_residual(self, name: str, init: str, r: int, module_name: str) -> None:
+        """A, B from W (:func:`residual_factors`); W keeps ``W - s B A``, (A, B) are kept to give rows
+        without the adapter (and a deleted adapter) the part taken out back."""
         if len(self.adapter_names()) > 1:
             raise ConfigError(
-                "init_lora_weights", "pissa rewrites the base weight; use it on a layer with no other adapter"
+                "init_lora_weights",
+                f"{init} rewrites the base weight; use it on a layer with no other adapter",
             )
         if is_quantized(self.base):
-            raise ConfigError("init_lora_weights", "pissa rewrites the base weight, which is 4-bit here")
-        W = self.base.weight.detach().float()
-        W = W.T if self.fan_in_fan_out else W  # (d_out, d_in)
-        r, s = self.lora_A[name].out_features, self.scaling[name]
-        U, S, Vh = torch.linalg.svd(W, full_matrices=False)
-        sqrt_s = torch.sqrt(S[:r] / s)
-        A, B = sqrt_s[:, None] * Vh[:r], U[:, :r] * sqrt_s[None, :]  # (r, d_in), (d_out, r)
-        self.lora_A[name].weight.copy_(A)
-        self.lora_B[name].weight.copy_(B)
-        self.pissa_init[name] = (A.clone(), B.clone())
+            raise ConfigError("init_lora_weights", f"{init} rewrites the base weight, which is 4-bit here")
+        full = min(self.in_features, self.out_features)
+        check_size("r", r, full, module_name, f"{init} takes r components of a rank-{full} weight")
+        W = self.orient(self.base.weight.detach().float())  # (d_out, d_in)
+        s = self.scaling[name]
+        A, B = residual_factors(W, r, s, init)
+        self.A(name).copy_(A)
+        self.B(name).copy_(B)
+        self.residual[name] = (A.clone(), B.clone())
         self.base.weight.sub_(self.orient(s * B @ A).to(self.base.weight.dtype))
-
-    def adapter_delta(self, name: str, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        A, B = self.lora_A[name], self.lora_B[name]
-        return B(A(self.dropped(name, x, A.weight.dtype))) * self.scaling[name]  # (..., d_out)
-
-    def delta_weight(self, name: str) -> torch.Tensor:
-        B, A = self.lora_B[name].weight, self.lora_A[name].weight
-        return self.orient(B @ A * self.scaling[name])  # base.weight's layout
 
     def forward(self, x: torch.Tensor, *args, **kwargs):
         out = super().forward(x, *args, **kwargs)
-        return self._restore_principal(out, x) if self.pissa_init else out
+        return self._restore_principal(out, x) if self.residual else out
 
     def _restore_principal(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Under PiSSA the base keeps only the residual: rows not using the adapter get W's top-r back."""
-        name = next(iter(self.pissa_init))
+        """Under PiSSA/OLoRA the base keeps only the residual: rows not using the adapter get it back."""
+        name = next(iter(self.residual))
         routing = current_rows()
         if self.disabled:
             rows = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
@@ -90,17 +94,47 @@ class LoraLinear(LowRankLayer):
             rows = torch.full((x.shape[0],), name not in self.active, device=x.device)
         if not rows.any():
             return out
-        A0, B0 = self.pissa_init[name]
+        A0, B0 = self.residual[name]
         principal = (x[rows].to(A0.dtype) @ A0.T @ B0.T) * self.scaling[name]  # (n, T, d_out)
         out = out.clone()
         out[rows] = out[rows] + principal.to(out.dtype)
         return out
 
+    # ---- maths -----------------------------------------------------------------------------------
+    def adapter_delta(self, name: str, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        A, B = self.lora_A[name], self.lora_B[name]
+        x = self.dropped(name, x, A.weight.dtype)
+        lora = B(A(x)) * self.scaling[name]  # (..., d_out)
+        if not self.is_dora(name):
+            return lora
+        return self.dora_delta(name, lora, lambda W: F.linear(x, W))  # W x: no bias
+
+    def delta_weight(self, name: str) -> torch.Tensor:
+        if self.is_dora(name):
+            return self.dora_delta_weight(name)
+        return self.orient(self.unit_update(name))  # base.weight's layout
+
+    def delta_bias(self, name: str) -> torch.Tensor | None:
+        bias = self.lora_B[name].bias
+        return None if bias is None else bias * self.scaling[name]  # (d_out,)
+
+    # ---- DoRA's view of the layer: one row per output unit ----------------------------------------
+    def unit_weight(self) -> torch.Tensor:
+        weight = dequantized_weight(self.base) if is_quantized(self.base) else self.base.weight
+        return self.orient(weight)  # (d_out, d_in)
+
+    def unit_update(self, name: str) -> torch.Tensor:
+        return self.B(name) @ self.A(name) * self.scaling[name]  # (d_out, d_in)
+
+    def from_units(self, weight: torch.Tensor) -> torch.Tensor:
+        return self.orient(weight)
+
+    # ---- checkpoints -----------------------------------------------------------------------------
     def export_state_dict(self, name: str) -> dict[str, torch.Tensor]:
-        """Adapter tensors valid on the *original* base: PiSSA becomes rank-2r LoRA (A;A0), (B,-B0)."""
+        """Adapter tensors valid on the *original* base: PiSSA/OLoRA become rank-2r LoRA (A;A0), (B,-B0)."""
         state = self.adapter_state_dict(name)
-        if name in self.pissa_init:
-            A0, B0 = self.pissa_init[name]
+        if name in self.residual:
+            A0, B0 = self.residual[name]
             state["lora_A.weight"] = torch.cat([state["lora_A.weight"], A0.to(state["lora_A.weight"])], 0)
             state["lora_B.weight"] = torch.cat([state["lora_B.weight"], -B0.to(state["lora_B.weight"])], 1)
         return state
@@ -108,16 +142,16 @@ class LoraLinear(LowRankLayer):
     def delete(self, name: str) -> None:
         scale = self.scaling.get(name)
         super().delete(name)
-        if name in self.pissa_init:  # give the base its principal part back
-            A0, B0 = self.pissa_init.pop(name)
+        if name in self.residual:  # give the base the part taken out back
+            A0, B0 = self.residual.pop(name)
             with torch.no_grad():
                 self.base.weight.add_(self.orient(scale * B0 @ A0).to(self.base.weight.dtype))
 
 
-class LoraEmbedding(AdapterLayer):
+class LoraEmbedding(DoraParts, AdapterLayer):
     """LoRA on ``nn.Embedding``: the update is a low-rank lookup ``E_A[x] B^T``."""
 
-    adapter_containers = ("lora_embedding_A", "lora_embedding_B")
+    adapter_containers = ("lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
 
     def __init__(self, base_layer: nn.Embedding):
         super().__init__(base_layer)
@@ -125,25 +159,49 @@ class LoraEmbedding(AdapterLayer):
         self.scaling: dict[str, float] = {}
 
     def add(self, name: str, config: LoraConfig, module_name: str) -> None:
-        if config.init_lora_weights == "pissa":
+        if config.residual_init or config.lora_bias:
+            field = "init_lora_weights" if config.residual_init else "lora_bias"
             raise ConfigError(
-                "init_lora_weights", f"pissa is for linear layers; {module_name} is an Embedding"
+                field,
+                f"{field}={getattr(config, field)!r} is for linear layers; {module_name} is an Embedding",
             )
         r, base, kw = config.rank_for(module_name), self.base, self.new_tensor_kwargs()
         check_rank("r", r, base.num_embeddings, base.embedding_dim, module_name)
-        self.lora_embedding_A[name] = nn.Parameter(torch.zeros(r, base.num_embeddings, **kw))  # (r, V)
+        # A = 0, B normal: B A = 0 (the LoRA paper's embedding init); init False: both random, as peft
+        draw = torch.randn if config.init_lora_weights is False else torch.zeros
+        self.lora_embedding_A[name] = nn.Parameter(draw(r, base.num_embeddings, **kw))  # (r, V)
         self.lora_embedding_B[name] = nn.Parameter(torch.randn(base.embedding_dim, r, **kw))  # (d, r)
         self.scaling[name] = config.scaling_for(module_name)
+        if config.use_dora:
+            self.add_magnitude(name)
 
     def adapter_delta(self, name: str, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        A, B, base = self.lora_embedding_A[name], self.lora_embedding_B[name], self.base
-        after_a = F.embedding(
-            x, A.T, base.padding_idx, base.max_norm, base.norm_type, base.scale_grad_by_freq
-        )
-        return (after_a @ B.T) * self.scaling[name]  # (B, T, d)
+        A, B = self.lora_embedding_A[name], self.lora_embedding_B[name]
+        after_a = self._lookup(x, A.T)  # (B, T, r)
+        lora = (after_a @ B.T) * self.scaling[name]  # (B, T, d)
+        if not self.is_dora(name):
+            return lora
+        return self.dora_delta(name, lora, lambda W: self._lookup(x, W.T))  # W[x]: (B, T, d)
+
+    def _lookup(self, x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """``table[x]`` with the base embedding's options (padding index, max norm, ...)."""
+        base = self.base
+        return F.embedding(x, table, base.padding_idx, base.max_norm, base.norm_type, base.scale_grad_by_freq)
 
     def delta_weight(self, name: str) -> torch.Tensor:
-        return (self.lora_embedding_B[name] @ self.lora_embedding_A[name]).T * self.scaling[name]  # (V, d)
+        if self.is_dora(name):
+            return self.dora_delta_weight(name)
+        return self.unit_update(name).T  # (V, d)
+
+    # ---- DoRA's view: one row per embedding dimension, the norm taken over the vocabulary -----------
+    def unit_weight(self) -> torch.Tensor:
+        return self.base.weight.T  # (d, V)
+
+    def unit_update(self, name: str) -> torch.Tensor:
+        return self.lora_embedding_B[name] @ self.lora_embedding_A[name] * self.scaling[name]  # (d, V)
+
+    def from_units(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight.T  # (V, d)
 
     def delete(self, name: str) -> None:
         super().delete(name)

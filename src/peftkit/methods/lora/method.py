@@ -10,14 +10,25 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ...layer import adapter_layers
+from ...nn_types import correct_fan_in_fan_out
 from ...registry import LayerMethod, register_method
-from .config import LoraConfig
+from .. import default_targets as defaults
+from .config import PISSA_NITER, LoraConfig, is_residual_init
 from .layer import LoraEmbedding, LoraLinear
 
 
 @register_method("lora", config=LoraConfig, peft_type="LORA")
 class LoraMethod(LayerMethod):
     layer_types = {nn.Linear: LoraLinear, Conv1D: LoraLinear, nn.Embedding: LoraEmbedding}
+    default_targets = defaults.LORA
+
+    def inject(self, model: nn.Module, config: LoraConfig, adapter_name: str) -> list[str]:
+        targets = super().inject(model, config, adapter_name)
+        for path in targets:
+            layer = model.get_submodule(path)
+            if isinstance(layer, LoraLinear):
+                correct_fan_in_fan_out(config, layer.base)
+        return targets
 
     def extra_trainable(self, model: nn.Module, config: LoraConfig, targets: list[str]) -> list[str]:
         if config.bias == "all":  # the base's own biases; a modules_to_save copy trains and saves as a whole
@@ -37,32 +48,41 @@ class LoraMethod(LayerMethod):
 
     def to_peft_dict(self, config: LoraConfig, model: nn.Module, targets: list[str]) -> dict[str, Any]:
         data = super().to_peft_dict(config, model, targets)
-        if config.init_lora_weights == "pissa":  # saved converted: rank 2r, same scale
-            data.update(_pissa_as_lora(config))
+        if config.residual_init:  # saved converted: rank 2r, same scale
+            data.update(_residual_as_lora(config))
         data["init_lora_weights"] = (
             True if data["init_lora_weights"] == "kaiming" else data["init_lora_weights"]
         )
         layers = dict(adapter_layers(model))
         data["fan_in_fan_out"] = any(getattr(layers.get(t), "fan_in_fan_out", False) for t in targets)
-        data.update(use_dora=False, lora_bias=False)
         return data
 
     def translate_peft_fields(self, data: dict[str, Any]) -> dict[str, Any]:
+        """peft's ``init_lora_weights``: True is ``"kaiming"``; PiSSA and OLoRA saved without conversion keep
+        their init, which runs again on the base when the adapter is loaded (as peft does), so the base holds
+        the same residual the adapter was trained on; loaded weights then replace the drawn ones."""
         init = data.get("init_lora_weights", True)
-        if init in (True, False, None):  # False (random B) only matters before weights are loaded
+        if init in (True, None):
             return {"init_lora_weights": "kaiming"}
-        if init == "gaussian":
-            return {"init_lora_weights": "gaussian"}
+        if isinstance(init, str) and PISSA_NITER.fullmatch(init):
+            warnings.warn(
+                f"init_lora_weights={init!r}: a randomised SVD, run again on the base to load this adapter "
+                "saved without conversion, gives a slightly different residual than the one it was trained "
+                "on (peft reloads it the same way); save such adapters converted for exact reloading",
+                stacklevel=3,
+            )
+        if init in (False, "gaussian") or is_residual_init(init):
+            return {"init_lora_weights": init}
         warnings.warn(
-            f"init_lora_weights={init!r}: this adapter was saved without conversion and expects the residual "
-            "base model saved with it; loading its A and B as plain LoRA weights",
+            f"init_lora_weights={init!r} is not one of peftkit's inits; loading A and B as plain LoRA "
+            "weights (exact only when that init left the base weights alone)",
             stacklevel=3,
         )
         return {"init_lora_weights": "kaiming"}
 
 
-def _pissa_as_lora(config: LoraConfig) -> dict[str, Any]:
-    """A PiSSA adapter is exported as (A; A0), (B, -B0): twice the rank, with alpha keeping the scale."""
+def _residual_as_lora(config: LoraConfig) -> dict[str, Any]:
+    """A PiSSA/OLoRA adapter is exported as (A; A0), (B, -B0): twice the rank, alpha keeping the scale."""
     grow = math.sqrt(2) if config.use_rslora else 2
     return {
         "init_lora_weights": "kaiming",
