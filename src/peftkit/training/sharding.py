@@ -30,6 +30,7 @@ from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
+from torch.overrides import TorchFunctionMode
 
 from ..checkpoint import weight_digest
 from ..errors import ConfigError
@@ -161,34 +162,58 @@ class Probe:
     bypassed: set[str]  # modules a descendant of which ran outside their own forward
 
 
-class _CallWatch:
-    """Forward hooks on every module: which ran, and which were entered around (a module inside
-    them called while they were not running, e.g. the input embeddings called by the virtual-token
-    code apart from BERT's embeddings block). FSDP2 gathers a unit's weights in its own forward only."""
+class _CallWatch(TorchFunctionMode):
+    """Which modules run, and which are bypassed: a module inside them called, or a parameter of
+    theirs used by an operation, while they are not running (BERT's word embeddings called by the
+    virtual-token code apart from its embeddings block; DoRA's norm of ``B @ A`` reading LoRA's
+    factors in the wrapping layer). FSDP2 gathers a unit's weights for its own forward only."""
 
     def __init__(self, model: nn.Module):
+        super().__init__()
         self.called: set[str] = set()
         self.bypassed: set[str] = set()
         self.running: list[str] = []
+        self.owners = _owners(model)
         self.hooks = []
         for path, module in model.named_modules():
             self.hooks.append(module.register_forward_pre_hook(lambda *_, p=path: self._enter(p)))
             self.hooks.append(module.register_forward_hook(lambda *_, p=path: self._leave(p)))
 
+    def _around(self, path: str) -> None:
+        parts = path.split(".") if path else []
+        outer = {".".join(parts[:i]) for i in range(1, len(parts) + 1)}  # path and its enclosing ones
+        self.bypassed |= outer - set(self.running)
+
     def _enter(self, path: str) -> None:
         self.called.add(path)
-        parts = path.split(".") if path else []
-        outer = {".".join(parts[:i]) for i in range(len(parts))}  # every enclosing module's path
-        self.bypassed |= outer - set(self.running)
+        self._around(path.rpartition(".")[0])
         self.running.append(path)
 
     def _leave(self, path: str) -> None:
         if path in self.running:
             del self.running[len(self.running) - 1 - self.running[::-1].index(path)]
 
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") != "__get__":  # reading .dtype or .shape needs no gathering
+            for arg in _tensors([args, kwargs or {}]):
+                for owner in self.owners.get(id(arg), ()):
+                    self._around(owner)
+        return func(*args, **(kwargs or {}))
+
     def remove(self) -> None:
         for hook in self.hooks:
             hook.remove()
+
+
+def _tensors(value: Any) -> Iterator[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)
 
 
 def probe_forward(model: nn.Module, trial: Callable[[], torch.Tensor]) -> Probe:
@@ -198,7 +223,7 @@ def probe_forward(model: nn.Module, trial: Callable[[], torch.Tensor]) -> Probe:
     buffers = {k: v.clone() for k, v in persistent_buffers(model).items()}
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     try:
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), watch:
             reached = _graph_leaves(trial())
     finally:
         watch.remove()
