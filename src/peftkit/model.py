@@ -442,16 +442,18 @@ class PeftModel(nn.Module):
         ``selected_adapters`` (peftkit's older name: ``adapter_names``) picks the adapters;
         ``safe_serialization=False`` writes ``adapter_model.bin`` (a pickle) instead of safetensors;
         ``save_embedding_layers`` also saves the base's embedding weights (``"auto"``: when the adapter
-        targets them, as peft); ``is_main_process=False`` writes nothing. ``state_dict=None`` (what
-        ``transformers.Trainer`` passes) is taken; any other argument peft takes is refused by name.
+        targets them, as peft); ``state_dict=None`` (what ``transformers.Trainer`` passes) is taken; any
+        other argument peft takes is refused by name. ``is_main_process`` (as in ``transformers`` and
+        ``peft``): whether this process writes the files. A model sharded over processes calls this on
+        every rank (exporting may run adapter modules, which gather their shards together); only the
+        main one writes.
         """
         names = _selected(self, selected_adapters, adapter_names)
         _check_save_options(path_initial_model_for_weight_conversion, kwargs)
-        if not is_main_process:
-            return
         from .model_card import write_model_card
 
-        write_model_card(Path(save_directory), self)
+        if is_main_process:
+            write_model_card(Path(save_directory), self)
         for name in names:
             folder = Path(save_directory) if name == "default" else Path(save_directory) / name
             config, method = self.peft_config[name], get_method(self.peft_config[name])
@@ -466,7 +468,8 @@ class PeftModel(nn.Module):
                 "peftkit_fingerprint": json.dumps(ckpt.fingerprint(self.get_base_model(), targets)),
             }
             tensors = saved_tensors(self, name, save_embedding_layers)
-            ckpt.write_adapter(folder, data, tensors, meta, safe_serialization)
+            if is_main_process:
+                ckpt.write_adapter(folder, data, tensors, meta, safe_serialization)
 
     @classmethod
     def from_pretrained(

@@ -8,6 +8,7 @@ from ..config import check_choice, check_fields, check_positive, check_positive_
 from ..errors import ConfigError
 
 SCHEDULES = ("linear", "cosine", "constant")
+DISTRIBUTED = ("ddp", "fsdp")
 
 
 @dataclass
@@ -18,7 +19,8 @@ class TrainConfig:
         lr: peak learning rate of AdamW.
         epochs: passes over the training data (ignored when ``max_steps`` is set).
         max_steps: optimizer steps to take; overrides ``epochs``.
-        batch_size: examples per micro-batch.
+        batch_size: examples per micro-batch on each process; one optimizer step sees
+            ``batch_size x grad_accum x processes`` examples (the global batch).
         grad_accum: micro-batches per optimizer step.
         schedule: ``linear`` or ``cosine`` decay after warm-up, or ``constant``.
         warmup_steps / warmup_ratio: linear warm-up length (steps, or a fraction of all steps).
@@ -35,6 +37,10 @@ class TrainConfig:
         save_every: write a resumable checkpoint every N steps (0: never).
         keep_checkpoints: how many resumable checkpoints to keep.
         log_every: log train loss every N steps.
+        distributed: how a run started by ``torchrun`` with several processes splits the model:
+            ``ddp`` (a whole copy per process, gradients averaged) or ``fsdp`` (FSDP2 shards the
+            frozen base and the adapter over the processes). A single process trains the same way
+            under either.
     """
 
     lr: float = 2e-4
@@ -57,6 +63,7 @@ class TrainConfig:
     save_every: int = 0
     keep_checkpoints: int = 2
     log_every: int = 10
+    distributed: str = "ddp"
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -66,6 +73,7 @@ class TrainConfig:
         check_positive_int("batch_size", self.batch_size)
         check_positive_int("grad_accum", self.grad_accum)
         check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("distributed", self.distributed, DISTRIBUTED)
         check_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
         for name in (
             "max_steps",

@@ -30,6 +30,7 @@ from safetensors.torch import save as save_tensors
 from torch import nn
 
 from ..errors import CheckpointError
+from .distributed import local_like
 
 MARKER = "complete.json"
 TRAINABLE = "trainable.safetensors"
@@ -270,7 +271,7 @@ def apply_checkpoint(checkpoint: Checkpoint, model: nn.Module) -> dict[str, Any]
         )
     with torch.no_grad():
         for target, value in pairs:
-            target.copy_(value)
+            target.copy_(local_like(target, value))  # an FSDP2 shard takes its part
     set_rng_state(checkpoint.state["rng"])
     return checkpoint.state
 
