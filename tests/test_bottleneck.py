@@ -21,7 +21,7 @@ def perturb(model, name, seed=3):
 
 
 def site(model, path) -> BottleneckLayer:
-    layer = model.base_model.get_submodule(path)
+    layer = model.get_base_model().get_submodule(path)
     assert isinstance(layer, BottleneckLayer)
     return layer
 
@@ -46,7 +46,7 @@ def test_parallel_reads_the_ffn_input():
         build("llama"), BottleneckConfig(placement="parallel", scaling=4.0, non_linearity="gelu")
     )
     perturb(model, "default")
-    mlp = model.base_model.model.layers[0].mlp
+    mlp = model.get_base_model().model.layers[0].mlp
     adapter = site(model, "model.layers.0.mlp.down_proj").bottleneck["default"]
     x = torch.randn(2, 3, 32)
     with model.disable_adapter():

@@ -374,7 +374,7 @@ def test_bad_calls_are_clear_errors():
     with pytest.raises(ConfigError, match="need a tokenizer"):
         generate(model, ids, stop_strings=["x"])
     with pytest.raises(ConfigError, match="unknown decoding option"):
-        generate(model, ids, output_scores=True)
+        generate(model, ids, typical_p=0.9)
 
 
 # ---- masks ----------------------------------------------------------------------------------------

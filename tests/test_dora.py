@@ -30,21 +30,21 @@ def test_magnitude_starts_at_the_weight_norm_and_the_layer_at_the_base():
     base = build("mlp")
     W = base.fc1.weight.detach().clone()
     model = get_peft_model(base, LoraConfig(r=2, target_modules=["fc1"], use_dora=True))
-    layer = model.base_model.fc1
+    layer = model.get_base_model().fc1
     torch.testing.assert_close(layer.lora_magnitude_vector["default"].detach(), W.norm(dim=1))
     x = torch.randn(5, 16)
     torch.testing.assert_close(layer(x), layer.base(x))
 
 
 def test_linear_output_is_magnitude_times_unit_direction():
-    layer = dora("mlp", ["fc1"]).base_model.fc1
+    layer = dora("mlp", ["fc1"]).get_base_model().fc1
     x = torch.randn(4, 16)
     expected = x @ adapted_weight(layer).T + layer.base.bias
     torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_conv1d_output_uses_the_transposed_weight():
-    layer = dora("gpt2", ["c_attn"]).base_model.transformer.h[0].attn.c_attn
+    layer = dora("gpt2", ["c_attn"]).get_base_model().transformer.h[0].attn.c_attn
     assert layer.fan_in_fan_out and layer.unit_weight().shape == (96, 32)
     x = torch.randn(2, 3, 32)
     expected = x @ adapted_weight(layer).T + layer.base.bias
@@ -54,7 +54,7 @@ def test_conv1d_output_uses_the_transposed_weight():
 def test_embedding_norm_is_taken_over_the_vocabulary():
     """peft's DoRA on an embedding: one magnitude per embedding dimension, ``||.||`` over the vocabulary."""
     model = dora("llama", ["embed_tokens"])
-    layer = model.base_model.model.embed_tokens
+    layer = model.get_base_model().model.embed_tokens
     W = layer.base.weight.detach()  # (V, d)
     BA = layer.lora_embedding_B["default"] @ layer.lora_embedding_A["default"]  # (d, V)
     V = W + layer.scaling["default"] * BA.T.detach()  # (V, d)
@@ -67,7 +67,7 @@ def test_embedding_norm_is_taken_over_the_vocabulary():
 def test_the_norm_gets_no_gradient():
     """Sec. 4.3: ``||W + s B A||_c`` is a constant in the backward pass: the gradients are those with the
     norm held fixed."""
-    layer = dora("mlp", ["fc1"]).base_model.fc1
+    layer = dora("mlp", ["fc1"]).get_base_model().fc1
     x = torch.randn(6, 16)
     layer(x).sum().backward()
     W, s = layer.unit_weight().detach(), layer.scaling["default"]
@@ -85,13 +85,15 @@ def test_the_norm_gets_no_gradient():
 @pytest.mark.parametrize(("kind", "targets"), [("llama", ["q_proj", "embed_tokens"]), ("gpt2", ["c_attn"])])
 def test_merge_writes_the_adapted_weight_and_unmerge_restores_the_base(kind, targets):
     model = dora(kind, targets)
-    before = {n: p.detach().clone() for n, p in model.base_model.named_parameters() if "base_layer" in n}
+    before = {
+        n: p.detach().clone() for n, p in model.get_base_model().named_parameters() if "base_layer" in n
+    }
     inputs = make_inputs(kind)
     expected = model(**inputs).logits
     model.merge_adapter()
     torch.testing.assert_close(model(**inputs).logits, expected, atol=1e-5, rtol=1e-5)
     model.unmerge_adapter()
-    for name, p in model.base_model.named_parameters():
+    for name, p in model.get_base_model().named_parameters():
         if name in before:
             torch.testing.assert_close(p, before[name], atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(model(**inputs).logits, expected, atol=1e-5, rtol=1e-5)
@@ -99,7 +101,7 @@ def test_merge_writes_the_adapted_weight_and_unmerge_restores_the_base(kind, tar
 
 def test_merged_weight_is_the_decomposed_weight():
     model = dora("mlp", ["fc1"])
-    layer = model.base_model.fc1
+    layer = model.get_base_model().fc1
     expected = adapted_weight(layer)
     model.merge_adapter()
     torch.testing.assert_close(layer.base.weight, expected, atol=1e-6, rtol=1e-5)

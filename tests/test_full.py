@@ -71,7 +71,7 @@ def test_sgd_matches_plain_full_fine_tuning(kind, config):
 def test_forward_uses_base_plus_delta():
     model = get_peft_model(build("mlp"), FullConfig(target_modules=["fc1"]))
     perturb(model)
-    layer = model.base_model.fc1
+    layer = model.get_base_model().fc1
     D = layer.full_delta["default"]
     x = torch.randn(4, 16)
     expected = x @ (layer.base.weight + D.weight).T + (layer.base.bias + D.bias)  # (4, 32)
@@ -81,7 +81,7 @@ def test_forward_uses_base_plus_delta():
 
 def test_tied_embedding_has_one_delta_and_merges_once():
     model = get_peft_model(build("gpt2"), FullConfig())
-    wte, head = model.base_model.transformer.wte, model.base_model.lm_head
+    wte, head = model.get_base_model().transformer.wte, model.get_base_model().lm_head
     assert head.full_delta["default"].weight is wte.full_delta["default"].weight
     keys = model.adapter_state_dict("default")
     assert "base_model.model.transformer.wte.full_delta.weight" in keys
@@ -103,7 +103,7 @@ def test_targeting_one_side_of_a_tie_is_an_error():
 def test_explicit_target_adapts_every_parameter_below_it():
     model = get_peft_model(build("llama"), FullConfig(target_modules=["mlp", "gate_proj"]))
     assert model.targets["default"] == ["model.layers.0.mlp", "model.layers.1.mlp"]  # outermost only
-    keys = model.base_model.model.layers[0].mlp.adapter_state_dict("default")
+    keys = model.get_base_model().model.layers[0].mlp.adapter_state_dict("default")
     assert set(keys) == {f"full_delta.{p}_proj.weight" for p in ("gate", "up", "down")}
 
 
@@ -124,7 +124,7 @@ def test_default_targets_the_outermost_module_with_own_parameters():
     net = nn.Sequential(Patches(), nn.LayerNorm(8))
     model = get_peft_model(net, FullConfig())
     assert model.targets["default"] == ["0", "1"]
-    layer = model.base_model[0]
+    layer = model.get_base_model()[0]
     assert set(layer.adapter_state_dict("default")) == {
         "full_delta.cls",
         "full_delta.proj.weight",

@@ -54,7 +54,7 @@ def test_fusion_weights_sum_to_one_and_depend_on_the_input():
     assert fused.adapters == ["sst2", "e2e"] and fused.sites == ["0.output.dense", "1.output.dense"]
     assert fused.weights.shape == (2, 2)
     torch.testing.assert_close(fused.weights.sum(-1), torch.ones(2))
-    layer = model.base_model.get_submodule("bert.encoder.layer.0.output.dense")
+    layer = model.get_base_model().get_submodule("bert.encoder.layer.0.output.dense")
     layer.record_fusion = True
     logits(model, inputs)
     per_token = layer.fusion_weights["f"]  # (B, T, N)
@@ -90,7 +90,12 @@ def test_saved_apart_and_loaded_by_name(tmp_path):
     inputs = make_inputs("bert", seed=4)
     expected = logits(model, inputs)
     model.save_pretrained(tmp_path)
-    assert {p.name for p in tmp_path.iterdir()} == {"sst2", "e2e", "f"}  # no "default": one folder each
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "sst2",
+        "e2e",
+        "f",
+        "README.md",
+    }  # one folder each, a card
     fusion_keys = set(load_file(tmp_path / "f" / "adapter_model.safetensors"))
     assert fusion_keys and all(".fusion." in k for k in fusion_keys)
     assert not any(".value." in k for k in fusion_keys), "static fusion has no value matrix"

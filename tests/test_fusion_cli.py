@@ -59,6 +59,7 @@ def test_fusion_saves_only_its_own_tensors(fusion_run):
     assert saved["peftkit_method"] == "fusion" and saved["adapter_names"] == ["sentiment", "topic"]
     assert saved["modules_to_save"] == ["classifier"]
     assert sorted(p.name for p in (fusion_run / "adapter").iterdir()) == [
+        "README.md",
         "adapter_config.json",
         "adapter_model.safetensors",
     ]

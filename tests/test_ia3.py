@@ -22,7 +22,7 @@ def ia3(kind: str, targets: list[str], feedforward: list[str], name: str = "defa
 def test_output_vector_scales_the_output_and_input_vector_the_input():
     model = ia3("mlp", ["fc1", "fc2"], ["fc2"])
     perturb(model)
-    fc1, fc2 = model.base_model.fc1, model.base_model.fc2
+    fc1, fc2 = model.get_base_model().fc1, model.get_base_model().fc2
     assert fc1.ia3_l["default"].shape == (32, 1) and fc2.ia3_l["default"].shape == (1, 32)  # peft's shapes
     x, h = torch.randn(4, 16), torch.randn(4, 32)
     l1, l2 = fc1.ia3_l["default"].detach().flatten(), fc2.ia3_l["default"].detach().flatten()
@@ -33,7 +33,7 @@ def test_output_vector_scales_the_output_and_input_vector_the_input():
 def test_conv1d_vectors_follow_gpt2_s_layout():
     model = ia3("gpt2", ["c_attn", "mlp.c_proj"], ["mlp.c_proj"])
     perturb(model)
-    block = model.base_model.transformer.h[0]
+    block = model.get_base_model().transformer.h[0]
     c_attn, c_proj = block.attn.c_attn, block.mlp.c_proj
     assert c_attn.ia3_l["default"].shape == (96, 1) and c_proj.ia3_l["default"].shape == (1, 128)
     x, h = torch.randn(2, 3, 32), torch.randn(2, 3, 128)
@@ -51,7 +51,7 @@ def test_vectors_start_at_ones():
 
 def test_init_ia3_weights_false_draws_random_vectors():
     config = IA3Config(target_modules=["fc1"], feedforward_modules=[], init_ia3_weights=False)
-    (vector,) = get_peft_model(build("mlp"), config).base_model.fc1.ia3_l.values()
+    (vector,) = get_peft_model(build("mlp"), config).get_base_model().fc1.ia3_l.values()
     assert vector.std() > 0.5  # N(0, 1), as peft
 
 
@@ -61,7 +61,7 @@ def test_two_active_adapters_multiply():
     perturb(model, "default", seed=1)
     perturb(model, "b", seed=2)
     model.set_adapter(["default", "b"])
-    layer = model.base_model.fc1
+    layer = model.get_base_model().fc1
     x = torch.randn(3, 16)
     l_a, l_b = (layer.ia3_l[n].detach().flatten() for n in ("default", "b"))
     expected = layer.base(x) * l_a * l_b
@@ -74,13 +74,15 @@ def test_two_active_adapters_multiply():
 def test_merge_and_unmerge(targets, feedforward):
     model = ia3("mlp", targets, feedforward)
     perturb(model)
-    before = {n: p.detach().clone() for n, p in model.base_model.named_parameters() if "base_layer" in n}
+    before = {
+        n: p.detach().clone() for n, p in model.get_base_model().named_parameters() if "base_layer" in n
+    }
     inputs = make_inputs("mlp")
     expected = model(**inputs)
     model.merge_adapter()
     torch.testing.assert_close(model(**inputs), expected, atol=1e-5, rtol=1e-5)
     model.unmerge_adapter()
-    for n, p in model.base_model.named_parameters():
+    for n, p in model.get_base_model().named_parameters():
         if n in before:
             torch.testing.assert_close(p, before[n], atol=1e-6, rtol=1e-5)
     merged = model.merge_and_unload()
@@ -90,11 +92,11 @@ def test_merge_and_unmerge(targets, feedforward):
 def test_unmerging_a_vector_with_a_zero_is_refused_and_leaves_it_merged():
     model = ia3("mlp", ["fc1"], [])
     with torch.no_grad():
-        model.base_model.fc1.ia3_l["default"][3] = 0.0
+        model.get_base_model().fc1.ia3_l["default"][3] = 0.0
     model.merge_adapter()
     with pytest.raises(AdapterError, match="zero entry"):
         model.unmerge_adapter()
-    assert model.base_model.fc1.merged == ["default"]
+    assert model.get_base_model().fc1.merged == ["default"]
 
 
 def test_mixed_batch_rows_multiply_by_their_own_vector():

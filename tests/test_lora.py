@@ -15,7 +15,7 @@ from peftkit import BASE_ROW, AdapterError, ConfigError, LoraConfig, get_peft_mo
 def test_linear_forward_is_base_plus_scaled_BA():
     model = get_peft_model(build("mlp"), LoraConfig(r=2, lora_alpha=6, target_modules=["fc1"]))
     perturb(model)
-    layer = model.base_model.fc1
+    layer = model.get_base_model().fc1
     x = torch.randn(4, 16)
     A, B = layer.lora_A["default"].weight, layer.lora_B["default"].weight
     expected = x @ layer.base.weight.T + layer.base.bias + 3.0 * (x @ A.T @ B.T)
@@ -25,7 +25,7 @@ def test_linear_forward_is_base_plus_scaled_BA():
 def test_conv1d_uses_transposed_weight():
     model = get_peft_model(build("gpt2"), LoraConfig(r=2, target_modules=["c_attn"]))
     perturb(model)
-    layer = model.base_model.transformer.h[0].attn.c_attn
+    layer = model.get_base_model().transformer.h[0].attn.c_attn
     assert layer.fan_in_fan_out and layer.in_features == 32 and layer.out_features == 96
     x = torch.randn(2, 5, 32)
     delta = layer.delta_weight("default")
@@ -45,7 +45,10 @@ def test_rslora_and_patterns_set_scaling_per_module():
         alpha_pattern={r"layers\.1\.self_attn\.q_proj": 3},
     )
     model = get_peft_model(build("llama"), cfg)
-    attn0, attn1 = model.base_model.model.layers[0].self_attn, model.base_model.model.layers[1].self_attn
+    attn0, attn1 = (
+        model.get_base_model().model.layers[0].self_attn,
+        model.get_base_model().model.layers[1].self_attn,
+    )
     assert attn0.q_proj.scaling["default"] == pytest.approx(8 / math.sqrt(4))
     assert attn0.v_proj.scaling["default"] == pytest.approx(8 / math.sqrt(2))
     assert attn0.v_proj.lora_A["default"].out_features == 2
@@ -55,7 +58,7 @@ def test_rslora_and_patterns_set_scaling_per_module():
 def test_embedding_delta_is_low_rank_lookup():
     model = get_peft_model(build("llama"), LoraConfig(r=3, lora_alpha=3, target_modules=["embed_tokens"]))
     perturb(model)
-    layer = model.base_model.model.embed_tokens
+    layer = model.get_base_model().model.embed_tokens
     ids = torch.tensor([[5, 7, 9]])
     full = layer.base.weight + layer.delta_weight("default")  # (V, d)
     torch.testing.assert_close(layer(ids), full[ids])
@@ -67,7 +70,7 @@ def test_pissa_starts_from_principal_components():
     model = get_peft_model(
         base, LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj"], init_lora_weights="pissa")
     )
-    layer = model.base_model.model.layers[0].self_attn.q_proj
+    layer = model.get_base_model().model.layers[0].self_attn.q_proj
     U, S, Vh = torch.linalg.svd(W)
     top = U[:, :4] @ torch.diag(S[:4]) @ Vh[:4]
     torch.testing.assert_close(layer.delta_weight("default"), top, atol=1e-5, rtol=1e-4)
@@ -103,11 +106,17 @@ def test_mixed_batch_generation_equals_single_runs():
         assert torch.equal(mixed[i], single[i]), f"row {i} ({row})"
 
 
-def test_merged_state_refuses_disable_and_mixed_batches():
+def test_disabling_a_merged_adapter_unmerges_it_and_mixed_batches_are_refused():
+    x = make_inputs("llama")
+    base = build("llama")(**x).logits
     model = get_peft_model(build("llama"), LoraConfig(r=2, target_modules=["q_proj"]))
+    perturb(model)
+    merged = model.merge_adapter() or model(**x).logits
+    with model.disable_adapter():  # as peft: the adapter is unmerged (and stays unmerged after the block)
+        torch.testing.assert_close(model(**x).logits, base, atol=1e-5, rtol=1e-4)
+    assert not any(layer.merged for _, layer in model.layers())
+    torch.testing.assert_close(model(**x).logits, merged, atol=1e-5, rtol=1e-4)
     model.merge_adapter()
-    with pytest.raises(AdapterError, match="unmerge"), model.disable_adapter():
-        pass
     with pytest.raises(AdapterError, match="unmerge"):
         model(**make_inputs("llama"), adapter_names=["default"] * 3)
     with pytest.raises(AdapterError, match="batch has 3 rows"):
@@ -145,7 +154,7 @@ def test_mixed_rows_add_each_adapter_once(grad, base):
         torch.nn.Sequential(torch.nn.Linear(4, 4)), LoraConfig(r=2, target_modules=["0"]), "a"
     )
     model.add_adapter("b", LoraConfig(r=2, target_modules=["0"]))
-    layer = model.base_model[0]
+    layer = model.get_base_model()[0]
     if base == "identity":
         layer.base_layer = torch.nn.Identity()
     for B in layer.lora_B.values():
@@ -171,7 +180,7 @@ def test_init_false_leaves_both_factors_random():
     model = get_peft_model(
         build("llama"), LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False)
     )
-    B = model.base_model.model.layers[0].self_attn.q_proj.lora_B["default"].weight
+    B = model.get_base_model().model.layers[0].self_attn.q_proj.lora_B["default"].weight
     assert B.abs().min() > 0  # peft's init False: B is not zero, the adapter acts from the start
     assert not torch.allclose(model(**inputs).logits, expected, atol=1e-4)
 
@@ -185,7 +194,7 @@ def test_olora_takes_the_first_qr_components_out_of_the_weight():
     model = get_peft_model(
         base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], init_lora_weights="olora")
     )
-    layer = model.base_model.model.layers[0].self_attn.q_proj
+    layer = model.get_base_model().model.layers[0].self_attn.q_proj
     Q, R = torch.linalg.qr(W)
     torch.testing.assert_close(layer.lora_A["default"].weight, R[:4])
     torch.testing.assert_close(layer.lora_B["default"].weight, Q[:, :4])
@@ -214,7 +223,7 @@ def test_lora_bias_trains_a_bias_on_b_and_merges_into_the_base_bias():
     model = get_peft_model(
         build("mlp"), LoraConfig(r=2, lora_alpha=4, target_modules=["fc1"], lora_bias=True)
     )
-    layer = model.base_model.fc1
+    layer = model.get_base_model().fc1
     bias = layer.lora_B["default"].bias
     assert bias.requires_grad and torch.equal(bias, torch.zeros_like(bias))
     perturb(model)
@@ -236,7 +245,7 @@ def test_lora_bias_on_a_layer_without_bias_trains_but_does_not_merge():
         model = get_peft_model(base, LoraConfig(r=2, target_modules=["0"], lora_bias=True))
     with pytest.raises(AdapterError, match="lora_bias=True"):
         model.merge_adapter()
-    assert not model.base_model[0].merged
+    assert not model.get_base_model()[0].merged
     with pytest.raises(ConfigError, match="lora_bias"):
         LoraConfig(target_modules=["0"], lora_bias=True, use_dora=True)
 

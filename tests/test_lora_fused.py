@@ -97,7 +97,7 @@ def test_fused_saves_only_the_mask_and_the_rank_r_activation(dtype):
         nn.Sequential(nn.Linear(64, 32).to(dtype)),
         peftkit.LoraConfig(r=4, target_modules=["0"], lora_dropout=0.1),
     ).train()
-    layer = model.base_model[0]
+    layer = model.get_base_model()[0]
     x = torch.randn(8, 64, dtype=dtype, requires_grad=True)
     with fused.fused(True):
         fused_bytes = saved_bytes(layer, x)

@@ -84,7 +84,7 @@ def test_trainer_takes_loraplus_lr_ratio(tmp_path):
     got = settings(model, trainer.optimizer)
     assert got["model.layers.0.self_attn.q_proj.lora_B.weight"][0] == pytest.approx(0.16)
     assert got["model.layers.0.self_attn.q_proj.lora_A.weight"][0] == pytest.approx(0.01)
-    B = model.base_model.model.layers[0].self_attn.q_proj.lora_B["default"].weight
+    B = model.get_base_model().model.layers[0].self_attn.q_proj.lora_B["default"].weight
     trainer.train()
     assert B.abs().sum() > 0
     with pytest.raises(peftkit.ConfigError, match="loraplus_lr_ratio"):

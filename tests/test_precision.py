@@ -73,11 +73,11 @@ def test_trainable_base_copies_become_fp32_islands(tmp_path):
         build("llama").to(torch.bfloat16),
         peftkit.LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"]),
     )
-    assert precision.half_trainable(model) == ["base_model.lm_head.modules_to_save.default.weight"]
+    assert precision.half_trainable(model) == ["base_model.model.lm_head.modules_to_save.default.weight"]
     cfg = TrainConfig(lr=1e-2, max_steps=2, batch_size=5, max_grad_norm=0)
     trainer = Trainer(model, examples(10), collate, cfg, tmp_path, show_progress=False)
     assert precision.half_trainable(model) == []
-    assert model.base_model.lm_head.original_module.weight.dtype == torch.bfloat16  # frozen: untouched
+    assert model.get_base_model().lm_head.original_module.weight.dtype == torch.bfloat16  # frozen: untouched
     result = trainer.train()
     assert result.steps == 2 and all(torch.isfinite(torch.tensor(r["train_loss"])) for r in result.history)
     out = model(**collate(examples(2))).logits

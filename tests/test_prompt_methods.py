@@ -448,8 +448,10 @@ def test_bad_configs_fail_clearly():
         PrefixTuningConfig(target_modules=["q_proj"])
     with pytest.raises(ConfigError, match="encoder_reparameterization_type"):
         PTuningConfig(encoder_reparameterization_type="GRU")
-    with pytest.raises(TargetError, match="encoder-decoder"):
-        peftkit.get_peft_model(build("t5"), PrefixTuningConfig(num_virtual_tokens=2))
+    with pytest.raises(ConfigError, match="prefix_init"):  # it reads a decoder-only model's cache
+        peftkit.get_peft_model(
+            build("t5"), PrefixTuningConfig(num_virtual_tokens=2, prefix_init="SAMPLE_VOCAB")
+        )
     with pytest.raises(TargetError, match="transformers"):
         peftkit.get_peft_model(build("mlp"), PromptTuningConfig(num_virtual_tokens=2))
     model = peftkit.get_peft_model(build("llama"), PromptTuningConfig(num_virtual_tokens=2))
@@ -517,12 +519,12 @@ def test_outputs_change_only_through_the_virtual_tokens(method):
     expected = logits(base, inputs)
     model = peftkit.get_peft_model(build("llama"), DECODER_CONFIGS[method]())
     rows = [model.prompt_encoder["default"]] * inputs["input_ids"].shape[0]
-    done = transform_inputs(model.base_model, dict(inputs), rows)
+    done = transform_inputs(model.get_base_model(), dict(inputs), rows)
     virtual = done.kwargs["attention_mask"].shape[1] - inputs["input_ids"].shape[1]
     assert virtual == model.prompt_encoder["default"].num_virtual_tokens
     done.kwargs["attention_mask"][:, :virtual] = 0
     with torch.no_grad():
-        out = model.base_model(**done.kwargs).logits[:, -inputs["input_ids"].shape[1] :]
+        out = model.get_base_model()(**done.kwargs).logits[:, -inputs["input_ids"].shape[1] :]
     real = inputs["attention_mask"].bool()
     torch.testing.assert_close(out[real], expected[real], atol=ATOL, rtol=1e-4)
     assert not torch.allclose(logits(model, inputs)[real], expected[real], atol=1e-3)

@@ -38,14 +38,18 @@ def test_bitfit_trains_exactly_the_biases():
     head = sum(p.numel() for p in base.classifier.parameters())
     model = get_peft_model(base, BitFitConfig(modules_to_save=["classifier"]))
     assert model.parameter_report().trainable == sum(biases.values()) + head
-    before = {n: p.detach().clone() for n, p in model.base_model.named_parameters() if "base_layer" in n}
+    before = {
+        n: p.detach().clone() for n, p in model.get_base_model().named_parameters() if "base_layer" in n
+    }
     train(model, "bert")
-    for name, p in model.base_model.named_parameters():
+    for name, p in model.get_base_model().named_parameters():
         if name in before:
             assert torch.equal(before[name], p), f"{name} is base and must stay frozen"
     model.merge_adapter()
     changed = [
-        n for n, p in model.base_model.named_parameters() if n in before and not torch.equal(before[n], p)
+        n
+        for n, p in model.get_base_model().named_parameters()
+        if n in before and not torch.equal(before[n], p)
     ]
     assert changed and all(n.endswith("bias") for n in changed)
 

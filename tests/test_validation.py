@@ -396,7 +396,7 @@ def test_get_peft_model_twice_on_one_base_is_refused_and_the_first_kept():
     x = make_inputs("llama")
     before = logits(first, x)
     for again in (
-        lambda: get_peft_model(first.base_model, LoraConfig(r=2, target_modules=["q_proj"])),
+        lambda: get_peft_model(first.get_base_model(), LoraConfig(r=2, target_modules=["q_proj"])),
         lambda: get_peft_model(first, LoraConfig(r=2, target_modules=["q_proj"])),
     ):
         with pytest.raises(AdapterError, match="already wrapped by a PeftModel.*add_adapter"):

@@ -21,9 +21,19 @@ reaches itself through imports):
 """
 
 from . import methods  # noqa: F401  (registers every method)
+from .auto import (
+    AutoPeftModel,
+    AutoPeftModelForCausalLM,
+    AutoPeftModelForFeatureExtraction,
+    AutoPeftModelForQuestionAnswering,
+    AutoPeftModelForSeq2SeqLM,
+    AutoPeftModelForSequenceClassification,
+    AutoPeftModelForTokenClassification,
+)
 from .config import PeftConfig
 from .decoding import DecodingConfig, GenerationOutput, generate
 from .errors import AdapterError, BaseModelMismatchError, CheckpointError, ConfigError, TargetError
+from .hf_integration import register as _register_with_trainers
 from .layer import AdapterLayer
 from .methods.adalora import AdaLoraConfig
 from .methods.adaptlora import AdaPtLoraConfig
@@ -34,18 +44,70 @@ from .methods.full import FullConfig
 from .methods.fusion import FusionConfig, fusion_attention
 from .methods.ia3 import IA3Config
 from .methods.lora import LoraConfig
-from .methods.p_tuning import PTuningConfig
+from .methods.p_tuning import PromptEncoderConfig, PTuningConfig
 from .methods.p_tuning_v2 import PTuningV2Config
 from .methods.prefix_tuning import PrefixTuningConfig
 from .methods.prompt_tuning import PromptTuningConfig
 from .methods.selection import SelectionConfig
 from .model import ParameterReport, PeftModel, get_peft_model
-from .registry import LayerMethod, Method, get_method, list_methods, register_method
+from .peft_types import PeftType, PromptEncoderReparameterizationType, PromptTuningInit, TaskType
+from .quantization import prepare_model_for_kbit_training
+from .registry import LayerMethod, Method, get_method, get_peft_config, list_methods, register_method
 from .rows import BASE_ROW
+from .state_dicts import (
+    get_base_model_state_dict,
+    get_peft_model_state_dict,
+    load_peft_weights,
+    set_base_model_state_dict,
+    set_peft_model_state_dict,
+)
+from .status import TunerLayerStatus, TunerModelStatus, get_layer_status, get_model_status
+from .task_models import (
+    PeftModelForCausalLM,
+    PeftModelForFeatureExtraction,
+    PeftModelForQuestionAnswering,
+    PeftModelForSeq2SeqLM,
+    PeftModelForSequenceClassification,
+    PeftModelForTokenClassification,
+)
+from .tuner import TunerModel, inject_adapter_in_model
+
+_register_with_trainers()  # transformers' Trainer and TRL treat peftkit models as PEFT models
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutoPeftModel",
+    "AutoPeftModelForCausalLM",
+    "AutoPeftModelForFeatureExtraction",
+    "AutoPeftModelForQuestionAnswering",
+    "AutoPeftModelForSeq2SeqLM",
+    "AutoPeftModelForSequenceClassification",
+    "AutoPeftModelForTokenClassification",
+    "PeftModelForCausalLM",
+    "PeftModelForFeatureExtraction",
+    "PeftModelForQuestionAnswering",
+    "PeftModelForSeq2SeqLM",
+    "PeftModelForSequenceClassification",
+    "PeftModelForTokenClassification",
+    "PeftType",
+    "PromptEncoderConfig",
+    "PromptEncoderReparameterizationType",
+    "PromptTuningInit",
+    "TaskType",
+    "TunerLayerStatus",
+    "TunerModel",
+    "TunerModelStatus",
+    "get_base_model_state_dict",
+    "get_layer_status",
+    "get_model_status",
+    "get_peft_config",
+    "get_peft_model_state_dict",
+    "inject_adapter_in_model",
+    "load_peft_weights",
+    "prepare_model_for_kbit_training",
+    "set_base_model_state_dict",
+    "set_peft_model_state_dict",
     "AdaLoraConfig",
     "AdaPtLoraConfig",
     "BASE_ROW",

@@ -24,7 +24,7 @@ from safetensors import safe_open
 from torch import nn
 
 from .errors import BaseModelMismatchError, CheckpointError
-from .io import atomic_save_safetensors, atomic_write_json
+from .io import atomic_save_safetensors, atomic_write, atomic_write_json
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -139,13 +139,34 @@ def check_fingerprint(
 
 
 def write_adapter(
-    folder: str | Path, config: dict[str, Any], tensors: dict[str, torch.Tensor], metadata: dict[str, str]
+    folder: str | Path,
+    config: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    metadata: dict[str, str],
+    safe_serialization: bool = True,
 ) -> None:
-    """Write weights then config, each atomically (temporary file, then rename)."""
+    """Write weights then config, each atomically (temporary file, then rename). ``safe_serialization=False``
+    writes peft's pickled ``adapter_model.bin`` (no metadata: the base fingerprint is safetensors-only)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_save_safetensors(folder / WEIGHTS_NAME, tensors, {"format": "pt", **metadata})
+    tensors = unaliased(tensors)
+    if safe_serialization:
+        atomic_save_safetensors(folder / WEIGHTS_NAME, tensors, {"format": "pt", **metadata})
+    else:
+        clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        atomic_write(folder / PICKLE_NAME, lambda tmp: torch.save(clean, tmp))
     atomic_write_json(folder / CONFIG_NAME, config)
+
+
+def unaliased(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Tensors sharing storage (tied weights, a bias saved twice) cloned apart: safetensors refuses them."""
+    seen: set[int] = set()
+    out = {}
+    for key, value in tensors.items():
+        ptr = value.untyped_storage().data_ptr() if value.device.type != "meta" else id(value)
+        out[key] = value.clone() if ptr in seen else value
+        seen.add(ptr)
+    return out
 
 
 def read_config(folder: str | Path) -> dict[str, Any]:

@@ -12,10 +12,15 @@ import inspect
 import math
 import re
 import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Union, get_args, get_origin, get_type_hints
 
 from .errors import ConfigError
+from .peft_types import PeftType
+
+CONFIG_FILE = "adapter_config.json"
 
 Targets = list[str] | set[str] | str | None  # a set (as peft keeps them) is read as a sorted list
 
@@ -129,6 +134,8 @@ class PeftConfig:
     inference_mode: bool = False
 
     method: ClassVar[str] = ""  # set by @register_method
+    peft_type: ClassVar[PeftType | None] = None  # peft's name of the method (None: peftkit's own), ditto
+    is_prompt_learning: ClassVar[bool] = False  # peft's flag: the method adds virtual tokens
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -164,6 +171,51 @@ class PeftConfig:
 
     def replace(self, **changes: Any) -> PeftConfig:
         return dataclasses.replace(self, **changes)
+
+    # ---- peft's config files -----------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | Path, subfolder: str | None = None, **kwargs: Any) -> PeftConfig:
+        """The config saved in ``path/adapter_config.json`` (by peftkit or peft), of the class its method
+        gives (``PeftConfig.from_pretrained`` reads any method's; ``LoraConfig.from_pretrained`` a LoRA
+        one). Only local folders: keyword arguments (peft's hub options) are refused by name."""
+        if kwargs:
+            raise ConfigError(
+                sorted(kwargs)[0],
+                "peftkit reads adapter configs from local folders; hub options are not taken",
+            )
+        folder = Path(path) / subfolder if subfolder else Path(path)
+        config = SAVED_CONFIGS.read(folder)
+        if not isinstance(config, cls):
+            raise ConfigError(
+                "peft_type",
+                f"{folder} holds a {type(config).__name__}, not a {cls.__name__}; read it with that",
+            )
+        return config
+
+    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:
+        """Write ``adapter_config.json`` as peft does (with ``peft_type``); ``kwargs`` (peft's hub options)
+        are refused by name."""
+        if kwargs:
+            raise ConfigError(sorted(kwargs)[0], "peftkit saves configs locally; hub options are not taken")
+        from .io import atomic_write_json
+
+        atomic_write_json(Path(save_directory) / CONFIG_FILE, SAVED_CONFIGS.write(self))
+
+
+@dataclass
+class SavedConfigIO:
+    """How a config is read from and written to ``adapter_config.json``: the method registry knows each
+    method's peft fields and installs both (this module is below it and cannot import it)."""
+
+    read: Callable[[Path], PeftConfig] = lambda folder: _not_installed()
+    write: Callable[[PeftConfig], dict[str, Any]] = lambda config: _not_installed()
+
+
+def _not_installed() -> Any:
+    raise RuntimeError("import peftkit first: the method registry reads and writes saved configs")
+
+
+SAVED_CONFIGS = SavedConfigIO()
 
 
 def check_choice(name: str, value: Any, allowed: tuple) -> None:

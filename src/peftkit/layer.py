@@ -23,7 +23,7 @@ from torch import nn
 
 from .checkpoint import weight_digest
 from .errors import AdapterError, TargetError
-from .nn_types import module_device, trainable_dtype
+from .nn_types import module_device, replace_parameters, trainable_dtype
 from .rows import current_rows, mix_rows
 
 
@@ -94,6 +94,27 @@ class AdapterLayer(nn.Module):
             else:
                 out[attr] = item.data
         return out
+
+    def to_meta(self, name: str) -> None:
+        """Put adapter ``name``'s tensors on the meta device (no memory, no values): ``low_cpu_mem_usage``,
+        for an adapter whose weights are about to be loaded (:meth:`materialize` first)."""
+        self._replace_tensors(name, lambda t: torch.empty_like(t, device="meta"))
+
+    def materialize(self, name: str) -> None:
+        """Give adapter ``name``'s meta tensors storage on the base's device (values to be loaded)."""
+        device = module_device(self.base)
+        self._replace_tensors(name, lambda t: torch.empty_like(t, device=device) if t.is_meta else t)
+
+    def _replace_tensors(self, name: str, make) -> None:
+        for attr in self.adapter_containers:
+            container = getattr(self, attr)
+            if name not in container:
+                continue
+            item = container[name]
+            if isinstance(item, nn.Module):
+                replace_parameters(item, make)
+            else:
+                container[name] = nn.Parameter(make(item.data), requires_grad=item.requires_grad)
 
     def load_adapter_state_dict(self, name: str, state: dict[str, torch.Tensor]) -> None:
         """Inverse of :meth:`adapter_state_dict`; shape mismatches and missing keys raise."""
@@ -183,7 +204,10 @@ class AdapterLayer(nn.Module):
     def check_mixable(self) -> None:
         """Rows of a batch cannot take their own adapters from a layer whose base holds merged ones."""
         if self.merged:
-            raise AdapterError("a mixed-adapter batch needs unmerged adapters; call unmerge_adapter() first")
+            raise AdapterError(
+                "Cannot pass `adapter_names` when there are merged adapters: a mixed-adapter batch needs "
+                "unmerged adapters; call unmerge_adapter() first"
+            )
 
     def adapter_delta(self, name: str, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """What adapter ``name`` adds to the base output for input ``x``."""

@@ -1,4 +1,11 @@
-"""The model wrapper: named adapters of any registered method on one frozen base model."""
+"""The model wrapper: named adapters of any registered method on one frozen base model, in peft's layout.
+
+``PeftModel.base_model`` is the tuner model (:class:`~peftkit.tuner.TunerModel`, peft's ``LoraModel`` and
+kin) holding the wrapped model as ``.model``, so parameter names read ``base_model.model.<module path>``;
+``prompt_encoder`` is the virtual-token stage. The wrapper adds what is the whole model's: the forward with
+its per-row routing (:mod:`peftkit.rows`), decoding, saving and loading in peft's format, and peft's
+accounting. Task classes (``PeftModelForCausalLM``, ...) are in :mod:`peftkit.task_models`.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +15,26 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
 
 from . import checkpoint as ckpt
 from .config import PeftConfig
-from .errors import AdapterError, CheckpointError
+from .errors import AdapterError, CheckpointError, ConfigError
 from .figures import Heatmap
-from .layer import AdapterLayer, adapter_layers, get_parent
-from .modules_to_save import wrap_modules_to_save
-from .quantization import dequantize_model, logical_numel, quantized_layers
+from .layer import AdapterLayer, adapter_layers
+from .quantization import logical_numel
 from .registry import get_method, method_for_saved_config
 from .rows import BASE_ROW, RowContext, Tasks, current_rows, routed
+from .state_dicts import saved_tensors
+from .targeting import iter_modules, name_matches
+from .tuner import TunerModel
 from .virtual import VirtualTokenStage
 from .virtual.stage import batch_size
+
+TASK_CLASSES: dict[str, type[PeftModel]] = {}  # task type -> wrapper class, filled by peftkit.task_models
 
 
 @dataclass(frozen=True)
@@ -43,27 +54,46 @@ class ParameterReport:
         )
 
 
-class PeftModel(nn.Module):
-    """Wraps ``base_model`` (a ``transformers`` model or any ``nn.Module``) with named adapters.
+class LoadResult(NamedTuple):
+    """What ``load_adapter`` returns, as peft's (torch's ``_IncompatibleKeys``): peftkit loads strictly, so
+    both lists are empty (a missing or unexpected key is an error)."""
 
-    Calls and attributes the wrapper does not define pass through to the base model, so it can
-    stand in for it (``generate``, ``config``, a ``transformers.Trainer``).
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+
+
+class PeftModel(nn.Module):
+    """Wraps ``model`` (a ``transformers`` model or any ``nn.Module``) with named adapters.
+
+    Calls and attributes the wrapper does not define pass through to the tuner model and from there to the
+    wrapped model, so it stands in for it (``generate``, ``config``, a ``transformers.Trainer``).
+    ``autocast_adapter_dtype`` is peft's: adapters on a half-precision base are kept in float32 (peftkit
+    always does; ``False`` is refused). ``low_cpu_mem_usage=True`` puts the new adapter's weights on the meta
+    device (for weights loaded next, as peft).
     """
 
-    def __init__(self, model: nn.Module, config: PeftConfig, adapter_name: str = "default"):
+    head_names: ClassVar[tuple[str, ...]] = ()  # new task heads trained and saved with every adapter
+    task_type: ClassVar[str | None] = None  # the task type a task class serves (peftkit.task_models)
+
+    def __init__(
+        self,
+        model: nn.Module,
+        peft_config: PeftConfig,
+        adapter_name: str = "default",
+        autocast_adapter_dtype: bool = True,
+        low_cpu_mem_usage: bool = False,
+    ):
         super().__init__()
         _check_unwrapped(model)
-        self.base_model = model
-        self.peft_config: dict[str, PeftConfig] = {}
-        self.targets: dict[str, list[str]] = {}
-        self.extra_params: dict[str, list[str]] = {}
-        self.active_adapters: list[str] = []
-        self.prompt_encoder = VirtualTokenStage()  # the virtual-token stage (peft's attribute name)
+        _check_autocast(autocast_adapter_dtype)
+        stage = VirtualTokenStage()  # the virtual-token stage (peft's attribute name: prompt_encoder)
+        self.base_model = TunerModel(model, stage)
+        self.prompt_encoder = stage
         trainable = _trainable_flags(model)
         for p in model.parameters():
             p.requires_grad_(False)
         try:
-            self.add_adapter(adapter_name, config)
+            self.add_adapter(adapter_name, peft_config, low_cpu_mem_usage)
             self.set_adapter(adapter_name)
         except BaseException:
             _restore_flags(trainable)  # add_adapter took its own changes back
@@ -75,7 +105,7 @@ class PeftModel(nn.Module):
         """Give ``forward`` the base model's signature (plus ``adapter_names``) so tools that read it,
         such as ``transformers.Trainer`` choosing dataset columns, see the real arguments."""
         try:
-            base = inspect.signature(self.base_model.forward)
+            base = inspect.signature(self.get_base_model().forward)
         except (TypeError, ValueError):
             return
         params = [p for p in base.parameters.values() if p.kind != p.VAR_KEYWORD]
@@ -99,198 +129,169 @@ class PeftModel(nn.Module):
                 raise
             return getattr(self.base_model, name)
 
-    # ---- adapters --------------------------------------------------------------------------------
+    # ---- the tuner's bookkeeping, under peft's names ---------------------------------------------------
+    @property
+    def peft_config(self) -> dict[str, PeftConfig]:
+        return self.base_model.peft_config
+
+    @property
+    def active_adapters(self) -> list[str]:
+        return self.base_model.active_adapters
+
     @property
     def active_adapter(self) -> str | None:
-        return self.active_adapters[0] if self.active_adapters else None
+        active = self.active_adapters
+        return active[0] if active else None
+
+    @property
+    def active_peft_config(self) -> PeftConfig:
+        return self.peft_config[self.active_adapter]
+
+    @property
+    def peft_type(self) -> Any:
+        """The active adapter's ``peft_type`` (peft's ``PeftType``; None for a peftkit-only method)."""
+        return self.active_peft_config.peft_type if self.active_adapter else None
+
+    @property
+    def modules_to_save(self) -> set[str] | None:
+        names = {n for c in self.peft_config.values() for n in (c.modules_to_save or [])}
+        return names or None
+
+    def get_base_model(self) -> nn.Module:
+        """The wrapped model (``base_model.model``)."""
+        return self.base_model.model
 
     def layers(self) -> Iterator[tuple[str, AdapterLayer]]:
-        return adapter_layers(self.base_model)
+        return self.base_model.layers()
 
-    def add_adapter(self, adapter_name: str, config: PeftConfig) -> None:
+    # ---- adapters ----------------------------------------------------------------------------------
+    def add_adapter(
+        self,
+        adapter_name: str,
+        peft_config: PeftConfig,
+        low_cpu_mem_usage: bool = False,
+        autocast_adapter_dtype: bool = True,
+    ) -> None:
         """Add an adapter (not made active: call :meth:`set_adapter`). All or nothing: when adding fails,
-        the model is left as it was."""
-        if adapter_name in self.peft_config:
-            raise AdapterError(
-                f"adapter {adapter_name!r} exists; delete_adapter() it first or choose another name"
-            )
-        if not adapter_name or adapter_name == BASE_ROW or "." in adapter_name:
-            raise AdapterError(f"invalid adapter name {adapter_name!r}: use a non-empty name without dots")
-        merged = [path for path, layer in self.layers() if layer.merged]
-        if merged:
-            raise AdapterError(
-                f"adapters are merged into the base weights ({merged[0]}, ...); call unmerge_adapter() "
-                f"before adding adapter {adapter_name!r}"
-            )
-        try:
-            self._add(adapter_name, config)
-        except BaseException:
-            self._remove(adapter_name)
-            self.set_adapter(self.active_adapters)
-            raise
+        the model is left as it was. A task class adds its new head to ``modules_to_save`` (as peft).
+        ``low_cpu_mem_usage``: the weights go on the meta device, to be loaded next."""
+        _check_autocast(autocast_adapter_dtype)
+        self._add_heads(peft_config)
+        self.base_model.add_adapter(adapter_name, peft_config, low_cpu_mem_usage)
 
-    def _add(self, adapter_name: str, config: PeftConfig) -> None:
-        method = get_method(config)
-        targets = method.inject(self.base_model, config, adapter_name)
-        tokens = method.virtual_tokens(self.base_model, config, dict(self.prompt_encoder))
-        self.prompt_encoder.add(adapter_name, tokens)
-        if config.modules_to_save:
-            wrap_modules_to_save(self.base_model, config.modules_to_save, adapter_name)
-        self.peft_config[adapter_name] = config
-        self.targets[adapter_name] = targets
-        self.extra_params[adapter_name] = method.extra_trainable(self.base_model, config, targets)
-        for _, layer in self.layers():
-            layer.set_active(self.active_adapters)
-        self._refresh_trainable()
-
-    def _check_known(self, names: list[str]) -> None:
-        unknown = [n for n in names if n not in self.peft_config]
-        if unknown:
-            raise AdapterError(f"unknown adapter(s) {unknown}; this model has {sorted(self.peft_config)}")
+    def _add_heads(self, config: PeftConfig) -> None:
+        """The task's new head (``classifier``, ``score``, ``qa_outputs``) trains and is saved with the
+        adapter: peft adds it to ``modules_to_save`` for these task types, and so does peftkit."""
+        present = {n for n, _ in iter_modules(self.get_base_model()) if n}
+        heads = [h for h in self.head_names if any(name_matches(p, [h]) for p in present)]
+        missing = [h for h in heads if h not in (config.modules_to_save or [])]
+        if missing:
+            config.modules_to_save = [*(config.modules_to_save or []), *missing]
 
     def set_adapter(self, adapter_name: str | list[str]) -> None:
         """Make one adapter (or several, summed) active; only active adapters train."""
-        names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
-        self._check_known(names)
-        for _, layer in self.layers():
-            layer.set_active(names)
-        self.active_adapters = names
-        self._refresh_trainable()
+        self.base_model.set_adapter(adapter_name)
 
     def delete_adapter(self, adapter_name: str) -> None:
-        self._check_known([adapter_name])
-        self._remove(adapter_name)
-        remaining = [a for a in self.active_adapters if a != adapter_name]
-        self.set_adapter(remaining or list(self.peft_config)[:1])
+        self.base_model.delete_adapter(adapter_name)
 
-    def _remove(self, adapter_name: str) -> None:
-        """Take every trace of an adapter out of the model (also of one half added); a layer left with no
-        adapter gives its place back to the module it wrapped."""
-        for path, layer in list(self.layers()):
-            if adapter_name in layer.adapter_names():
-                layer.delete(adapter_name)
-            if not layer.adapter_names():
-                parent, attr = get_parent(self.base_model, path)
-                setattr(parent, attr, layer.base)
-        for table in (self.peft_config, self.targets, self.extra_params):
-            table.pop(adapter_name, None)
-        self.prompt_encoder.delete(adapter_name)
-        self.active_adapters = [a for a in self.active_adapters if a != adapter_name]
-
-    def _refresh_trainable(self) -> None:
-        for p in [*self.base_model.parameters(), *self.prompt_encoder.parameters()]:
-            p.requires_grad_(False)
-        for name in self.active_adapters:
-            if self.peft_config[name].inference_mode:
-                continue
-            for p in self._adapter_parameters(name):
-                p.requires_grad_(True)
-
-    def _adapter_parameters(self, name: str) -> Iterator[nn.Parameter]:
-        for _, layer in self.layers():
-            yield from layer.adapter_parameters(name)
-        yield from self.prompt_encoder.adapter_parameters(name)
-        params = dict(self.base_model.named_parameters())
-        yield from (params[n] for n in self.extra_params[name])
+    def check_known(self, names: list[str]) -> None:
+        self.base_model.check_known(names)
 
     @contextmanager
     def disable_adapter(self):
-        """Run the bare base model inside the block (exactly its outputs)."""
-        if any(layer.merged for _, layer in self.layers()):
-            raise AdapterError("adapters are merged into the base weights; call unmerge_adapter() first")
-        layers = [layer for _, layer in self.layers()]
-        for layer in layers:
-            layer.disabled = True
-        self.prompt_encoder.disabled = True
-        try:
+        """Run the bare base model inside the block (exactly its outputs); merged adapters are unmerged
+        first (as peft does), and nothing is trainable inside."""
+        with self.base_model.layers_disabled():
             yield self
-        finally:
-            self.prompt_encoder.disabled = False
-            for layer in layers:
-                layer.disabled = False
 
-    # ---- training hooks (the trainer calls these; each method decides what they do) ---------------
-    def _training_adapters(self) -> Iterator[tuple[str, PeftConfig, Any]]:
-        for name in self.active_adapters:
-            config = self.peft_config[name]
-            if not config.inference_mode:
-                yield name, config, get_method(config)
+    def disable_adapter_layers(self) -> None:
+        self.base_model.disable_adapter_layers()
 
+    def enable_adapter_layers(self) -> None:
+        self.base_model.enable_adapter_layers()
+
+    # ---- training hooks (peftkit's trainer calls these; each method decides what they do) -------------
     def before_training(self, total_steps: int) -> None:
-        for name, config, method in self._training_adapters():
-            method.before_training(self.base_model, config, name, total_steps)
+        self.base_model.before_training(total_steps)
 
     def regularization_loss(self) -> torch.Tensor | float:
         """The sum of the trainable adapters' extra loss terms (e.g. AdaLoRA's orthogonality penalty)."""
-        total: torch.Tensor | float = 0.0
-        for name, config, method in self._training_adapters():
-            term = method.regularization_loss(self.base_model, config, name)
-            if term is not None:
-                total = total + term
-        return total
+        return self.base_model.regularization_loss()
 
     def after_optimizer_step(self, step: int) -> None:
-        for name, config, method in self._training_adapters():
-            method.after_optimizer_step(self.base_model, config, name, step)
+        self.base_model.after_optimizer_step(step)
+
+    def forward_loss_off(self):
+        """A block in which the forward's loss is the task loss only (see ``TunerModel.forward_loss_off``)."""
+        return self.base_model.forward_loss_off()
 
     def figures(self) -> list[Heatmap]:
         """Each adapter's own figures (AdaLoRA's rank map, AdaPtLoRA's gates), as data: draw them with
         :func:`peftkit.plotting.write_figures`."""
-        return [
-            fig
-            for name, config in self.peft_config.items()
-            for fig in get_method(config).figures(self.base_model, config, name)
-        ]
+        return self.base_model.figures()
 
-    # ---- merging ---------------------------------------------------------------------------------
-    def merge_adapter(self, adapter_names: list[str] | None = None) -> None:
-        """Fold adapters into the base weights (zero-latency inference). Merging twice is a no-op."""
-        names = adapter_names or self.active_adapters
-        self._check_known(names)
-        virtual = [n for n in names if n in self.prompt_encoder]
-        if virtual:
-            raise AdapterError(f"adapters {virtual} add virtual tokens, which cannot be merged into weights")
-        for _, layer in self.layers():
-            layer.merge(names)
+    def prepare_model_for_gradient_checkpointing(self, model: nn.Module) -> nn.Module:
+        """peft's preparation: with gradient checkpointing the frozen embeddings' outputs must require grad,
+        so that checkpointed blocks still pass gradients to the adapters (quantized models excepted)."""
+        if any(getattr(model, f, False) for f in ("is_loaded_in_8bit", "is_loaded_in_4bit", "is_quantized")):
+            return model
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+        elif hasattr(model, "get_input_embeddings"):
+            model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.requires_grad_(True))
+        return model
+
+    # ---- merging -----------------------------------------------------------------------------------
+    def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
+        """Fold adapters into the base weights (zero-latency inference). Merging twice is a no-op (with
+        peft's warning); ``safe_merge`` checks the merged weights for NaNs before writing them."""
+        self.base_model.merge_adapter(adapter_names, safe_merge=safe_merge)
 
     def unmerge_adapter(self) -> None:
-        for _, layer in self.layers():
-            layer.unmerge()
+        self.base_model.unmerge_adapter()
 
-    def _replace_layers(self, pick) -> nn.Module:
-        for path, layer in list(self.layers()):
-            parent, attr = get_parent(self.base_model, path)
-            setattr(parent, attr, pick(layer))
-        for table in (self.peft_config, self.targets, self.extra_params, self.prompt_encoder):
-            table.clear()
-        self.active_adapters = []
-        self.base_model._peftkit_wrapped = False  # the bare base again: it may be wrapped anew
-        return self.base_model
-
-    def merge_and_unload(self) -> nn.Module:
-        """Merge the active adapters and return the plain base model holding the merged weights.
-
-        On a 4-bit base (QLoRA) the result is a dequantised full-precision model (with a warning):
-        a 4-bit weight cannot hold the merged delta."""
-        was_4bit = bool(quantized_layers(self.base_model))
-        self.merge_adapter()
-        model = self._replace_layers(lambda layer: getattr(layer, "unwrapped", lambda: layer.base)())
-        return dequantize_model(model) if was_4bit else model
+    def merge_and_unload(
+        self, progressbar: bool = False, safe_merge: bool = False, adapter_names: list[str] | None = None
+    ) -> nn.Module:
+        """Merge the active adapters (or ``adapter_names``) and return the plain base model holding the merged
+        weights. On a 4-bit base (QLoRA) the result is a dequantised full-precision model (with a warning)."""
+        return self.base_model.merge_and_unload(progressbar, safe_merge, adapter_names)
 
     def unload(self) -> nn.Module:
         """Remove every adapter (unmerging first) and return the original base model."""
-        self.unmerge_adapter()
-        for _, layer in self.layers():
-            for name in reversed(
-                layer.adapter_names()
-            ):  # the last added first: fusions before their adapters
-                layer.delete(name)
-        return self._replace_layers(lambda layer: layer.base)
+        return self.base_model.unload()
 
-    def get_base_model(self) -> nn.Module:
-        return self.base_model
+    def add_weighted_adapter(
+        self,
+        adapters: list[str],
+        weights: list[float],
+        adapter_name: str,
+        combination_type: str = "svd",
+        svd_rank: int | None = None,
+        svd_clamp: float | None = None,
+        svd_full_matrices: bool = True,
+        svd_driver: str | None = None,
+        density: float | None = None,
+        majority_sign_method: str = "total",
+    ) -> None:
+        """peft's weighted merge of LoRA adapters into a new one (``linear``, ``cat``, ``svd``, TIES, DARE and
+        magnitude pruning; see :mod:`peftkit.composition.weighted`). One adapter with weight ``w`` gives
+        ``w dW``; a negative weight subtracts. Not made active."""
+        from .composition.weighted import Options, add_weighted_adapter
 
-    # ---- forward ---------------------------------------------------------------------------------
+        options = Options(
+            combination_type,
+            svd_rank,
+            svd_clamp,
+            svd_full_matrices,
+            svd_driver,
+            density,
+            majority_sign_method,
+        )
+        add_weighted_adapter(self, adapters, weights, adapter_name, options)
+
+    # ---- forward -----------------------------------------------------------------------------------
     @contextmanager
     def task(self, name: Tasks):
         """Inside the block, forwards run as task ``name`` (or ``name[i]`` per row) for task-conditioned
@@ -302,44 +303,51 @@ class PeftModel(nn.Module):
         """Forward through the base; ``adapter_names`` gives each row its own adapter ('__base__': none),
         ``tasks`` each row its task (task-conditioned adapters such as AdaPtLoRA; or use :meth:`task`).
         The routing is made current for the call (:mod:`peftkit.rows`); layers and the virtual-token
-        stage read it."""
+        stage read it. A loss in the output gets the terms peft's tuners add (AdaLoRA's orthogonality
+        penalty)."""
+        batch = batch_size(args, kwargs)
         if adapter_names is not None:
-            self._check_mixable(adapter_names)
+            self._check_mixable(adapter_names, batch)
         tasks = current_rows().tasks if tasks is None else tasks
-        with routed(RowContext.of(adapter_names, tasks, batch_size(args, kwargs))):
-            return self.prompt_encoder.run(self.base_model, args, kwargs, self.active_adapters)
+        with routed(RowContext.of(adapter_names, tasks, batch)):
+            out = self.prompt_encoder.run(self.get_base_model(), args, kwargs, self.active_adapters)
+        return self.base_model.add_forward_loss(out)
 
-    def _check_mixable(self, adapter_names: list[str]) -> None:
-        """Unknown names are refused here; a merged layer refuses per-row adapters itself
-        (:meth:`AdapterLayer.check_mixable`), so a forward never walks every module."""
-        self._check_known([n for n in adapter_names if n != BASE_ROW])
+    def _check_mixable(self, adapter_names: list[str], batch: int | None) -> None:
+        """Unknown names and a wrong number of rows are refused here; a merged layer refuses per-row adapters
+        itself (:meth:`AdapterLayer.check_mixable`), so a forward never walks every module."""
+        unknown = sorted({n for n in adapter_names if n != BASE_ROW and n not in self.peft_config})
+        if unknown:
+            raise AdapterError(
+                f"Trying to infer with non-existing adapter(s): {', '.join(unknown)} (unknown adapter(s) "
+                f"{unknown}; this model has {sorted(self.peft_config)})"
+            )
+        if batch is not None and (not adapter_names or batch % len(adapter_names)):
+            raise AdapterError(
+                "Length of `adapter_names` should be the same as the number of inputs, but got "
+                f"{len(adapter_names)} and {batch} respectively (adapter_names has {len(adapter_names)} "
+                f"entries but the batch has {batch} rows)"
+            )
 
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        *,
-        adapter_names: list[str] | None = None,
-        return_output: bool = False,
-        **options: Any,
-    ):
-        """Decode with peftkit's engine (:func:`peftkit.decoding.generate`).
+    def generate(self, *args: Any, **kwargs: Any):
+        """Decode with peftkit's engine, taking ``transformers``' ``generate`` arguments: ``input_ids``,
+        ``attention_mask``, ``max_length`` / ``max_new_tokens`` (default: the model's ``generation_config``),
+        the strategy keywords, ``return_dict_in_generate`` / ``output_scores``, ``generation_config``, and for
+        encoder-decoders ``decoder_input_ids`` (see :mod:`peftkit.hf_generate`; an argument it cannot honour
+        is refused by name). peftkit's own: ``adapter_names`` (a per-row adapter), ``config=`` (a
+        :class:`~peftkit.decoding.DecodingConfig`), ``return_output=True`` (the engine's output)."""
+        from .hf_generate import generate
 
-        Takes a :class:`~peftkit.decoding.DecodingConfig` as ``config=`` or its fields as keywords;
-        ``transformers``-style keywords (``do_sample``, ``num_beams``, ``penalty_alpha``) pick the
-        strategy. ``adapter_names`` gives each row its own adapter. Returns the sequences
-        ``(N, L + n)`` like ``transformers`` (or the full output with ``return_output=True``).
-        """
-        from .decoding import generate
+        return generate(self, args, kwargs)
 
-        out = generate(self, input_ids, attention_mask, adapter_names=adapter_names, **options)
-        return out if return_output else out.sequences
-
-    # ---- accounting ------------------------------------------------------------------------------
-    def parameter_report(self) -> ParameterReport:
+    # ---- accounting --------------------------------------------------------------------------------
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        """``(trainable, all)`` parameters of the whole model (a 4-bit weight counts its logical size)."""
         params = {id(p): p for p in self.parameters()}.values()
-        trainable = sum(p.numel() for p in params if p.requires_grad)
-        total = sum(logical_numel(p) for p in params)
+        return sum(logical_numel(p) for p in params if p.requires_grad), sum(logical_numel(p) for p in params)
+
+    def parameter_report(self) -> ParameterReport:
+        trainable, total = self.get_nb_trainable_parameters()
         name = self.active_adapter
         size = (
             sum(t.numel() * t.element_size() for t in self.adapter_state_dict(name).values()) if name else 0
@@ -347,27 +355,44 @@ class PeftModel(nn.Module):
         return ParameterReport(trainable, total, size)
 
     def print_trainable_parameters(self) -> None:
-        print(self.parameter_report())
+        """peft's line: ``trainable params: ... || all params: ... || trainable%: ...`` (peftkit's report
+        with the adapter's size is :meth:`parameter_report`)."""
+        trainable, total = self.get_nb_trainable_parameters()
+        print(
+            f"trainable params: {trainable:,d} || all params: {total:,d} || "
+            f"trainable%: {100 * trainable / max(total, 1):.4f}"
+        )
 
-    # ---- checkpoints -----------------------------------------------------------------------------
+    def get_layer_status(self) -> list:
+        from .status import get_layer_status
+
+        return get_layer_status(self)
+
+    def get_model_status(self):
+        from .status import get_model_status
+
+        return get_model_status(self)
+
+    # ---- checkpoints -------------------------------------------------------------------------------
     def adapter_state_dict(self, adapter_name: str) -> dict[str, torch.Tensor]:
         """One adapter's tensors in peft's key scheme, valid on the original base model."""
-        self._check_known([adapter_name])
+        self.check_known([adapter_name])
         prefix = get_method(self.peft_config[adapter_name]).key_prefix
         out: dict[str, torch.Tensor] = {}
         out.update(self.prompt_encoder.adapter_state_dict(adapter_name))
         for path, layer in self.layers():
             export = getattr(layer, "export_state_dict", layer.adapter_state_dict)
             out.update({f"{prefix}{path}.{k}": v for k, v in export(adapter_name).items()})
-        params = dict(self.base_model.named_parameters())
-        out.update({f"{prefix}{n}": params[n].data for n in self.extra_params[adapter_name]})
+        params = dict(self.get_base_model().named_parameters())
+        out.update({f"{prefix}{n}": params[n].data for n in self.base_model.extra_params[adapter_name]})
         return out
 
     def load_adapter_state_dict(self, adapter_name: str, state: dict[str, torch.Tensor]) -> None:
         """Inverse of :meth:`adapter_state_dict`: every key must land, every adapter tensor be given."""
         prefix = get_method(self.peft_config[adapter_name]).key_prefix
+        self.base_model.materialize(adapter_name)  # weights made on the meta device (low_cpu_mem_usage)
         state = self.prompt_encoder.load_adapter_state_dict(adapter_name, state)
-        self._refresh_trainable()  # loading bakes a reparametrisation into new parameters
+        self.base_model.refresh_trainable()  # loading bakes a reparametrisation into new parameters
         bad = [k for k in state if not k.startswith(prefix)]
         if bad:
             raise CheckpointError(f"keys without the '{prefix}' prefix: {bad[:3]}")
@@ -386,7 +411,7 @@ class PeftModel(nn.Module):
 
     def _load_base_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         """Base-model tensors saved with an adapter (trained biases; peft's saved embeddings)."""
-        params = dict(self.base_model.named_parameters())
+        params = dict(self.get_base_model().named_parameters())
         unknown = sorted(k for k in tensors if k not in params)
         if unknown:
             raise CheckpointError(f"checkpoint keys match nothing in this model: {unknown[:5]}")
@@ -400,81 +425,215 @@ class PeftModel(nn.Module):
                 params[key].copy_(value)
 
     def save_pretrained(
-        self, save_directory: str | Path, adapter_names: list[str] | None = None, **hf_kwargs: Any
+        self,
+        save_directory: str | Path,
+        safe_serialization: bool = True,
+        selected_adapters: list[str] | None = None,
+        save_embedding_layers: bool | str = "auto",
+        is_main_process: bool = True,
+        path_initial_model_for_weight_conversion: str | None = None,
+        *,
+        adapter_names: list[str] | None = None,
+        **kwargs: Any,
     ) -> None:
-        """Save adapters in peft's format: 'default' in the folder itself, others in sub-folders by name.
+        """Save adapters in peft's format: 'default' in the folder itself, others in sub-folders by name,
+        with a README.md model card and ``base_model_name_or_path`` in ``adapter_config.json``.
 
-        ``hf_kwargs`` (``state_dict``, ``safe_serialization``, ... passed by ``transformers.Trainer``) are
-        ignored: only adapter tensors are saved, always as safetensors.
+        ``selected_adapters`` (peftkit's older name: ``adapter_names``) picks the adapters;
+        ``safe_serialization=False`` writes ``adapter_model.bin`` (a pickle) instead of safetensors;
+        ``save_embedding_layers`` also saves the base's embedding weights (``"auto"``: when the adapter
+        targets them, as peft); ``state_dict=None`` (what ``transformers.Trainer`` passes) is taken; any
+        other argument peft takes is refused by name. ``is_main_process`` (as in ``transformers`` and
+        ``peft``): whether this process writes the files. A model sharded over processes calls this on
+        every rank (exporting may run adapter modules, which gather their shards together); only the
+        main one writes.
         """
-        names = adapter_names or list(self.peft_config)
-        if not names:
-            raise AdapterError(
-                "nothing to save: this model holds no adapter (the last one was deleted, or unload() / "
-                "merge_and_unload() took them out); add or load one first"
-            )
-        self._check_known(names)
+        names = _selected(self, selected_adapters, adapter_names)
+        _check_save_options(path_initial_model_for_weight_conversion, kwargs)
+        from .model_card import write_model_card
+
+        if is_main_process:
+            write_model_card(Path(save_directory), self)
         for name in names:
             folder = Path(save_directory) if name == "default" else Path(save_directory) / name
             config, method = self.peft_config[name], get_method(self.peft_config[name])
-            data = method.to_peft_dict(config, self.base_model, self.targets[name])
-            if method.peft_type is None:
-                data["peftkit_method"] = method.name
+            targets = self.base_model.targets[name]
+            data = method.to_peft_dict(config, self.get_base_model(), targets)
+            data["base_model_name_or_path"] = data.get("base_model_name_or_path") or _name_or_path(self)
+            data["inference_mode"] = True
+            if data.get("task_type") is None:  # peft records the base's class for AutoPeftModel
+                data["auto_mapping"] = _auto_mapping(self.get_base_model())
             meta = {
                 "peftkit_method": method.name,
-                "peftkit_fingerprint": json.dumps(ckpt.fingerprint(self.base_model, self.targets[name])),
+                "peftkit_fingerprint": json.dumps(ckpt.fingerprint(self.get_base_model(), targets)),
             }
-            ckpt.write_adapter(folder, data, self.adapter_state_dict(name), meta)
+            tensors = saved_tensors(self, name, save_embedding_layers)
+            if is_main_process:
+                ckpt.write_adapter(folder, data, tensors, meta, safe_serialization)
 
     @classmethod
     def from_pretrained(
         cls,
         model: nn.Module,
-        path: str | Path,
+        model_id: str | Path,
         adapter_name: str = "default",
         is_trainable: bool = False,
+        config: PeftConfig | None = None,
+        autocast_adapter_dtype: bool = True,
+        low_cpu_mem_usage: bool = False,
         allow_pickle: bool = False,
         ignore_mismatch: bool = False,
+        **kwargs: Any,
     ) -> PeftModel:
-        """Load an adapter saved by peftkit or by ``peft`` onto ``model``.
+        """Load an adapter saved by peftkit or by ``peft`` onto ``model``, as the task class its config's
+        ``task_type`` names (as peft).
 
-        An adapter saved by peftkit for another base (other architecture, shapes or weights) is refused
-        unless ``ignore_mismatch=True``. When loading fails, ``model`` is left unwrapped and unchanged.
+        ``config`` replaces the saved config. An adapter saved by peftkit for another base (other
+        architecture, shapes or weights) is refused unless ``ignore_mismatch=True``; a pickled
+        ``adapter_model.bin`` loads only with ``allow_pickle=True``. ``torch_device`` /
+        ``device_map={"": device}`` put the adapter there.
+        When loading fails, ``model`` is left unwrapped and unchanged.
         """
-        config, state = _read_adapter(model, path, is_trainable, allow_pickle, ignore_mismatch)
+        device = _load_device(kwargs)
+        config, state = _read_adapter(model, model_id, is_trainable, allow_pickle, ignore_mismatch, config)
         trainable = _trainable_flags(model)
-        peft_model = cls(model, config, adapter_name)
+        wrapper = TASK_CLASSES.get(str(_plain(config.task_type)), cls)
+        peft_model = wrapper(model, config, adapter_name, autocast_adapter_dtype, low_cpu_mem_usage)
         try:
-            peft_model.load_adapter_state_dict(adapter_name, state)
+            peft_model.load_adapter_state_dict(adapter_name, _to(state, device))
         except BaseException:
             peft_model.unload()
             _restore_flags(trainable)
             raise
+        if not is_trainable:
+            peft_model.eval()
         return peft_model
 
     def load_adapter(
         self,
-        path: str | Path,
+        model_id: str | Path,
         adapter_name: str,
         is_trainable: bool = False,
+        torch_device: str | None = None,
+        autocast_adapter_dtype: bool = True,
+        low_cpu_mem_usage: bool = False,
         allow_pickle: bool = False,
         ignore_mismatch: bool = False,
-    ) -> None:
-        """Load another saved adapter under ``adapter_name`` (not made active)."""
-        config, state = _read_adapter(self.base_model, path, is_trainable, allow_pickle, ignore_mismatch)
-        self.add_adapter(adapter_name, config)
-        try:
-            self.load_adapter_state_dict(adapter_name, state)
-        except Exception:
-            self.delete_adapter(adapter_name)
-            raise
+        **kwargs: Any,
+    ) -> LoadResult:
+        """Load a saved adapter under ``adapter_name`` (not made active). A name the model already holds gets
+        the saved weights (as peft: ``transformers.Trainer`` reloads its best checkpoint this way)."""
+        _check_autocast(autocast_adapter_dtype)
+        device = _load_device({**kwargs, "torch_device": torch_device})
+        if adapter_name in self.peft_config:
+            _, state = _read_adapter(self.get_base_model(), model_id, True, allow_pickle, ignore_mismatch)
+            self.load_adapter_state_dict(adapter_name, _to(state, device))
+        else:
+            config, state = _read_adapter(
+                self.get_base_model(), model_id, is_trainable, allow_pickle, ignore_mismatch
+            )
+            self.add_adapter(adapter_name, config, low_cpu_mem_usage)
+            try:
+                self.load_adapter_state_dict(adapter_name, _to(state, device))
+            except Exception:
+                self.delete_adapter(adapter_name)
+                raise
+        if not is_trainable:
+            self.eval()
+        return LoadResult([], [])
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Save the adapters (:meth:`save_pretrained`) and upload them to a model repository, as peft does
+        (``huggingface_hub``; ``private``, ``token``, ``commit_message``, ``revision`` are passed on)."""
+        from .model_card import push_folder
+
+        return push_folder(self, repo_id, **kwargs)
+
+
+def _check_autocast(autocast_adapter_dtype: bool) -> None:
+    if autocast_adapter_dtype is not True:
+        raise ConfigError(
+            "autocast_adapter_dtype",
+            "peftkit keeps adapters on half-precision bases in float32; False is not taken",
+        )
+
+
+def _selected(model: PeftModel, selected: list[str] | None, legacy: list[str] | None) -> list[str]:
+    if selected is not None and legacy is not None:
+        raise ConfigError(
+            "adapter_names", "give selected_adapters or adapter_names (the older name), not both"
+        )
+    names = selected if selected is not None else legacy
+    names = list(model.peft_config) if names is None else list(names)
+    if not model.peft_config:
+        raise AdapterError(
+            "nothing to save: this model holds no adapter (the last one was deleted, or unload() / "
+            "merge_and_unload() took them out); add or load one first"
+        )
+    model.check_known(names)
+    return names
+
+
+def _check_save_options(conversion: str | None, kwargs: dict[str, Any]) -> None:
+    if conversion is not None:
+        raise ConfigError(
+            "path_initial_model_for_weight_conversion",
+            "peftkit always saves PiSSA/OLoRA adapters converted for the original base; leave it unset",
+        )
+    if kwargs.get("state_dict") is not None:
+        raise ConfigError("state_dict", "peftkit saves the adapters' own tensors; pass state_dict=None")
+    unknown = sorted(k for k in kwargs if k != "state_dict")
+    if unknown:
+        raise ConfigError(
+            unknown[0], "not an option of save_pretrained in peftkit (hub uploads: push_to_hub)"
+        )
+
+
+def _name_or_path(model: PeftModel) -> str | None:
+    """The base model's ``name_or_path`` (peft's ``base_model_name_or_path``), when it has one."""
+    return model.get_base_model().__dict__.get("name_or_path") or None
+
+
+def _auto_mapping(base: nn.Module) -> dict[str, str]:
+    return {"base_model_class": type(base).__name__, "parent_library": type(base).__module__}
+
+
+def _plain(value: Any) -> Any:
+    return getattr(value, "value", value)
+
+
+def _load_device(kwargs: dict[str, Any]) -> str | torch.device | None:
+    """``torch_device`` or a ``device_map`` that puts everything on one device; other keys are refused."""
+    kwargs = dict(kwargs)
+    device, device_map = kwargs.pop("torch_device", None), kwargs.pop("device_map", None)
+    if kwargs:
+        raise ConfigError(sorted(kwargs)[0], "not an option of peftkit's adapter loading")
+    if device_map is None:
+        return device
+    if isinstance(device_map, (str, torch.device)):
+        return device_map
+    if isinstance(device_map, dict) and set(device_map) == {""}:
+        return device_map[""]
+    raise ConfigError("device_map", "peftkit loads an adapter onto one device: give {'': device} or a device")
+
+
+def _to(state: dict[str, torch.Tensor], device: str | torch.device | None) -> dict[str, torch.Tensor]:
+    return state if device is None else {k: v.to(device) for k, v in state.items()}
 
 
 def _read_adapter(
-    model: nn.Module, path: str | Path, is_trainable: bool, allow_pickle: bool, ignore_mismatch: bool = False
+    model: nn.Module,
+    path: str | Path,
+    is_trainable: bool,
+    allow_pickle: bool,
+    ignore_mismatch: bool = False,
+    config: PeftConfig | None = None,
 ) -> tuple[PeftConfig, dict[str, torch.Tensor]]:
-    data = ckpt.read_config(path)
-    config = method_for_saved_config(data).config_from_dict(data)
+    if config is None:
+        data = ckpt.read_config(path)
+        config = method_for_saved_config(data).config_from_dict(data)
+    elif not isinstance(config, PeftConfig):
+        raise ConfigError("config", f"expected a PeftConfig, got {type(config).__name__}")
     config.inference_mode = not is_trainable
     state, meta = ckpt.read_weights(path, allow_pickle)
     if "peftkit_fingerprint" in meta:
@@ -494,13 +653,13 @@ def _saved_fingerprint(text: str, path: str | Path) -> dict[str, Any]:
 
 
 def _unwrapped(model: nn.Module) -> nn.Module:
-    return model.base_model if isinstance(model, PeftModel) else model
+    return model.get_base_model() if isinstance(model, PeftModel) else model
 
 
 def _check_unwrapped(model: nn.Module) -> None:
     """A base already wrapped would have its adapters overwritten by a second wrapper: refused."""
     if (
-        isinstance(model, PeftModel)
+        isinstance(model, (PeftModel, TunerModel))
         or getattr(model, "_peftkit_wrapped", False)
         or any(adapter_layers(model))
     ):
@@ -521,6 +680,22 @@ def _restore_flags(flags: list[tuple[nn.Parameter, bool]]) -> None:
         p.requires_grad_(flag)
 
 
-def get_peft_model(model: nn.Module, config: PeftConfig, adapter_name: str = "default") -> PeftModel:
-    """Wrap ``model`` with a new adapter of the method ``config`` belongs to."""
-    return PeftModel(model, config, adapter_name)
+def get_peft_model(
+    model: nn.Module,
+    peft_config: PeftConfig,
+    adapter_name: str = "default",
+    mixed: bool = False,
+    autocast_adapter_dtype: bool = True,
+    revision: str | None = None,
+    low_cpu_mem_usage: bool = False,
+) -> PeftModel:
+    """Wrap ``model`` with a new adapter of the method ``peft_config`` belongs to, as the task class its
+    ``task_type`` names (``PeftModelForCausalLM``, ...; a plain :class:`PeftModel` without one). ``mixed``
+    (peft's ``PeftMixedModel``) and ``revision`` (a hub revision) are refused: every peftkit model takes
+    adapters of several methods, and bases come from local folders."""
+    if mixed:
+        raise ConfigError("mixed", "peftkit's PeftModel mixes methods already; leave mixed=False")
+    if revision is not None:
+        raise ConfigError("revision", "peftkit loads base models from local folders; leave revision unset")
+    wrapper = TASK_CLASSES.get(str(_plain(peft_config.task_type)), PeftModel)
+    return wrapper(model, peft_config, adapter_name, autocast_adapter_dtype, low_cpu_mem_usage)

@@ -95,3 +95,12 @@ def output_head_names(model: nn.Module, modules: Iterable[tuple[str, nn.Module]]
         return heads | set([n for n, m in modules if isinstance(m, linear_types())][-1:])
     out = get_out()
     return heads | {n for n, m in modules if out is not None and m is out}
+
+
+def replace_parameters(module: nn.Module, make) -> None:
+    """Swap every parameter of ``module`` (and its children) for ``make(data)``, keeping ``requires_grad``:
+    moving adapter weights to the meta device and back (``low_cpu_mem_usage``)."""
+    for child in module.modules():
+        for key, p in list(child._parameters.items()):
+            if p is not None:
+                child._parameters[key] = nn.Parameter(make(p.data), requires_grad=p.requires_grad)

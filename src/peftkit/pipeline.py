@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data import Collator, TaskSpec, encode, read_records
+from .data import IGNORE_INDEX, Collator, TaskSpec, encode, read_records
 from .data.cloze import cloze_logits, cloze_loss, verbalizer_token_ids
 from .data.packing import training_collator
 from .errors import ConfigError
@@ -25,7 +25,7 @@ from .evaluation import accuracy, macro_f1
 from .model import PeftModel, get_peft_model
 from .precision import base_dtype
 from .run_config import DataSection, RunConfig, build_run_config, load_yaml
-from .training import Trainer
+from .training import Trainer, distributed, sharding
 from .training.config import BEFORE_LEVERS
 from .training.resume import resume_changes
 from .training.run_folder import claim_run_folder
@@ -45,6 +45,7 @@ class Prepared:
     collate: Callable[[list[dict]], dict]
     loss_fn: Callable
     eval_fn: Callable[[nn.Module], dict[str, float]]
+    weigh: Callable[[list[dict]], float] = len  # what the task's loss averages over (see Trainer)
 
 
 def model_task(spec: TaskSpec) -> str:
@@ -78,10 +79,17 @@ def load_base(run: RunConfig, spec: TaskSpec):
 
 
 def _base_dtype(run: RunConfig) -> torch.dtype:
-    """train.precision picks the base's dtype (issue 19); a 4-bit base keeps model.dtype under auto."""
-    if run.model.quantize and run.train.precision == "auto":
+    """train.precision picks the base's dtype (issue 19). Under ``auto`` a 4-bit base keeps model.dtype,
+    and a run sharded by FSDP2 over several processes keeps an fp32 base (a bf16 one is refused there:
+    not checked against one process yet)."""
+    fsdp = run.train.distributed == "fsdp" and distributed.current().active
+    if fsdp and run.train.precision == "bf16":
+        raise ConfigError(
+            "train.precision", "bf16 is not supported with train.distributed: fsdp; use fp32, or ddp"
+        )
+    if (run.model.quantize or fsdp) and run.train.precision == "auto":
         return getattr(torch, run.model.dtype)
-    return base_dtype(run.train.precision, run.model.dtype)
+    return base_dtype(run.train.precision, run.model.dtype, distributed.current().device.type)
 
 
 def read_split(run: RunConfig) -> tuple[list[dict], list[dict]]:
@@ -127,9 +135,12 @@ def _split(rows: list[dict], fraction: float, group: str | None, seed: int) -> t
     return train, held
 
 
-def prepare(run: RunConfig, adapter_path: str | None = None, bare: bool = False) -> Prepared:
+def prepare(
+    run: RunConfig, adapter_path: str | None = None, bare: bool = False, device: torch.device | None = None
+) -> Prepared:
     """Everything a run needs, with the adapter freshly added, loaded from ``adapter_path``, or none
-    (``bare``: the base model alone, e.g. zero-shot cloze)."""
+    (``bare``: the base model alone, e.g. zero-shot cloze); batches are collated onto ``device``
+    (a rank's GPU), when given."""
     train_rows, eval_rows = read_split(run)
     spec = run.task.with_labels(train_rows) if run.task.type == "classification" else run.task
     base, tok = load_base(run, spec)
@@ -141,10 +152,16 @@ def prepare(run: RunConfig, adapter_path: str | None = None, bare: bool = False)
         model = _with_adapter(base, run.model.adapters, adapter_path)
     else:
         model = _with_adapter(base, run.model.adapters, _with_head(run.adapter, base, spec))
-    loss_fn, eval_fn = TASKS[spec.type](model, tok, spec, eval_examples, Collator(tok.pad_token_id))
-    return Prepared(
-        model, tok, spec, train_examples, eval_examples, Collator(tok.pad_token_id), loss_fn, eval_fn
-    )
+    collate = _onto(device, Collator(tok.pad_token_id))
+    loss_fn, eval_fn = TASKS[spec.type](model, tok, spec, eval_examples, collate)
+    weigh = LOSS_UNITS.get(spec.type, len)
+    return Prepared(model, tok, spec, train_examples, eval_examples, collate, loss_fn, eval_fn, weigh)
+
+
+def _onto(device: torch.device | None, collate: Callable[[list[dict]], dict]) -> Callable[[list[dict]], dict]:
+    if device is None or device.type == "cpu":
+        return collate
+    return lambda rows: distributed.to_device(collate(rows), device)
 
 
 def _with_adapter(base: nn.Module, saved: dict[str, str], adapter) -> PeftModel:
@@ -186,20 +203,23 @@ def _with_head(config, base: nn.Module, spec: TaskSpec):
     return replace(config, modules_to_save=heads) if heads else config
 
 
-def _batches(examples: list[dict], collate, size: int = 32):
-    for i in range(0, len(examples), size):
-        yield collate(examples[i : i + size])
+def _each_batch(m: nn.Module, examples: list[dict], collate, fn, size: int = 32) -> list:
+    """``fn(m, batch)`` for each held-out batch in order; in a run on several processes each rank
+    evaluates its share of the batches and every rank gets all the results."""
+    chunks = [examples[i : i + size] for i in range(0, len(examples), size)]
+    return distributed.map_batches(lambda chunk: fn(m, collate(chunk)), chunks, distributed.current())
 
 
 def _classification(model, tok, spec, examples, collate):
+    def one(m, batch) -> tuple:
+        out = m(**batch)
+        labels = batch["labels"].tolist()
+        return out.loss.item() * len(labels), out.logits.argmax(-1).tolist(), labels, batch.get("tasks", [])
+
     def eval_fn(m) -> dict[str, float]:
-        preds, labels, losses, tasks = [], [], [], []
-        for batch in _batches(examples, collate):
-            out = m(**batch)
-            losses.append(out.loss.item() * len(batch["labels"]))
-            preds += out.logits.argmax(-1).tolist()
-            labels += batch["labels"].tolist()
-            tasks += batch.get("tasks", [])
+        results = _each_batch(m, examples, collate, one)
+        losses = [r[0] for r in results]
+        preds, labels, tasks = ([x for r in results for x in r[i]] for i in (1, 2, 3))
         return {
             **_scores(preds, labels, sum(losses) / max(len(labels), 1)),
             **_per_task(preds, labels, tasks),
@@ -211,13 +231,15 @@ def _classification(model, tok, spec, examples, collate):
 def _cloze(model, tok, spec, examples, collate):
     ids = verbalizer_token_ids(tok, spec)
 
+    def one(m, batch) -> tuple:
+        logits = cloze_logits(m, batch, ids)  # (B, num_labels)
+        loss = nn.functional.cross_entropy(logits, batch["labels"], reduction="sum").item()
+        return loss, logits.argmax(-1).tolist(), batch["labels"].tolist()
+
     def eval_fn(m) -> dict[str, float]:
-        preds, labels, losses = [], [], []
-        for batch in _batches(examples, collate):
-            logits = cloze_logits(m, batch, ids)  # (B, num_labels)
-            losses.append(nn.functional.cross_entropy(logits, batch["labels"], reduction="sum").item())
-            preds += logits.argmax(-1).tolist()
-            labels += batch["labels"].tolist()
+        results = _each_batch(m, examples, collate, one)
+        losses = [r[0] for r in results]
+        preds, labels = ([x for r in results for x in r[i]] for i in (1, 2))
         return _scores(preds, labels, sum(losses) / max(len(labels), 1))
 
     return (lambda m, b: cloze_loss(m, b, ids)), eval_fn
@@ -238,8 +260,7 @@ def _lm(model, tok, spec, examples, collate):
 
     def eval_fn(m) -> dict[str, float]:
         total = count = 0.0
-        for batch in _batches(examples, collate, 16):
-            nll, n = nll_fn(m, batch)
+        for nll, n in _each_batch(m, examples, collate, nll_fn, 16):
             total, count = total + nll, count + n
         loss = total / max(count, 1)
         return {"eval_loss": loss, "eval_perplexity": float(torch.tensor(loss).exp())}
@@ -269,6 +290,19 @@ def _scores(preds: list[int], labels: list[int], loss: float) -> dict[str, float
 
 
 TASKS = {"classification": _classification, "cloze": _cloze, "sft": _lm, "seq2seq": _lm}
+
+
+def _predicted_tokens(examples: list[dict]) -> int:
+    """Label tokens a causal LM's loss averages over (position t predicts label t + 1)."""
+    return sum(sum(1 for label in ex["labels"][1:] if label != IGNORE_INDEX) for ex in examples)
+
+
+def _target_tokens(examples: list[dict]) -> int:
+    return sum(sum(1 for label in ex["labels"] if label != IGNORE_INDEX) for ex in examples)
+
+
+# LM losses average over tokens: a rank's share of a batch is its share of them (others: of examples)
+LOSS_UNITS = {"sft": _predicted_tokens, "seq2seq": _target_tokens}
 # what each task's eval_fn reports (multi-task classification adds eval_accuracy_<task> per task);
 # eval_bleu and eval_exact_match come only from decoding (`peftkit eval --generate`), never while training
 EVAL_METRICS = {
@@ -305,20 +339,27 @@ def train_run(
     there, refusing a config that differs from its ``run.yaml`` except in fields safe to change.
     """
     check_metric_for_best(run)
-    out = Path(run.output_dir)
-    with claim_run_folder(out, resume=resume, overwrite=overwrite):
-        if resume:
-            require_checkpoints(out / "checkpoints")  # before anything is loaded or written
-        p = prepare(run)
+    out, world = Path(run.output_dir), distributed.current()
+    claim = lambda: claim_run_folder(out, resume=resume, overwrite=overwrite)  # noqa: E731
+    with distributed.held_on_main(claim, world):  # rank 0 holds the folder; the others wait on it
+        if resume:  # before anything is loaded or written
+            distributed.on_main(lambda: require_checkpoints(out / "checkpoints"), world)
+        p = distributed.on_every_rank(lambda: prepare(run, device=world.device), world)
         run = replace(run, task=p.spec)  # saved with its label set, so eval reads labels the same way
         if not p.eval and run.train.eval_every:
             raise ValueError(
                 "train.eval_every is set but there is no held-out data (data.eval or data.eval_fraction)"
             )
-        if resume:
-            _check_resume(out / "run.yaml", run)
-        run.save(out / "run.yaml")  # before training: a killed run can be resumed and checked
+        distributed.on_main(lambda: _record_config(out / "run.yaml", run, resume), world)
         return _train_and_save(run, p, out, resume, show_progress)
+
+
+def _record_config(path: Path, run: RunConfig, resume: bool) -> None:
+    """Save the run config before training (a killed run can be resumed and checked), after checking
+    a resumed run against the saved one."""
+    if resume:
+        _check_resume(path, run)
+    run.save(path)
 
 
 def _check_resume(saved_path: Path, run: RunConfig) -> None:
@@ -336,10 +377,9 @@ def _check_resume(saved_path: Path, run: RunConfig) -> None:
         print(f"resume: accepted changes (recorded in {saved_path}): {'; '.join(accepted)}", file=sys.stderr)
 
 
-def _train_and_save(run: RunConfig, p: Prepared, out: Path, resume: bool, show_progress: bool) -> dict:
-    print(p.model.parameter_report())
-    eval_fn = p.eval_fn if p.eval else None
-    collate = training_collator(  # train.packing (issue 19): padding-free sft batches
+def _training_collate(run: RunConfig, p: Prepared, world: distributed.World) -> Callable[[list[dict]], dict]:
+    """train.packing (issue 19): padding-free sft batches, collated onto this rank's device."""
+    chosen = training_collator(
         run.train.packing,
         p.model,
         p.train,
@@ -348,26 +388,37 @@ def _train_and_save(run: RunConfig, p: Prepared, out: Path, resume: bool, show_p
         p.spec.type,
         p.spec.max_length,
     )
-    trainer = Trainer(
-        p.model,
-        p.train,
-        collate,
-        run.train,
-        out,
-        eval_fn=eval_fn,
-        loss_fn=p.loss_fn,
-        show_progress=show_progress,
+    return chosen if chosen is p.collate else _onto(world.device, chosen)
+
+
+def _train_and_save(run: RunConfig, p: Prepared, out: Path, resume: bool, show_progress: bool) -> dict:
+    world = distributed.current()
+    print(p.model.parameter_report())
+    print(global_batch(run, world))
+    eval_fn = p.eval_fn if p.eval else None
+    collate = _training_collate(run, p, world)
+    trainer = distributed.on_every_rank(
+        lambda: Trainer(
+            p.model,
+            p.train,
+            collate,
+            run.train,
+            out,
+            eval_fn=eval_fn,
+            loss_fn=p.loss_fn,
+            show_progress=show_progress,
+            weigh=p.weigh,
+        ),
+        world,
     )
     result = trainer.train(resume=resume)
-    p.model.save_pretrained(out / "adapter", adapter_names=["default"])  # not model.adapters' copies
-    plot, figures = None, []
-    try:
-        from .plotting import plot_metrics, write_figures
-
-        plot = str(plot_metrics(out / "metrics.jsonl", out / "training.png"))
-        figures = [str(f) for f in write_figures(p.model, out)]  # e.g. AdaLoRA's rank map
-    except ImportError as err:
-        print(f"no plot: {err}")
+    with sharding.gathered(p.model):  # every rank: the adapter whole (never the frozen base)
+        save = lambda: p.model.save_pretrained(  # noqa: E731 (not model.adapters' copies)
+            out / "adapter", adapter_names=["default"], is_main_process=world.main
+        )
+        distributed.on_every_rank(save, world)
+        report = str(p.model.parameter_report())
+        plot, figures = distributed.on_main(lambda: _figures(p.model, out), world)
     final = [r for r in result.history if any(k.startswith("eval_") for k in r)]
     return {
         "steps": result.steps,
@@ -377,8 +428,31 @@ def _train_and_save(run: RunConfig, p: Prepared, out: Path, resume: bool, show_p
         "adapter": str(out / "adapter"),
         "plot": plot,
         "figures": figures,
-        "report": str(p.model.parameter_report()),
+        "report": report,
     }
+
+
+def global_batch(run: RunConfig, world: distributed.World) -> str:
+    """The examples one optimizer step sees, and what they are made of."""
+    t = run.train
+    how = f", {t.distributed}" if world.active else ""
+    return (
+        f"train: global batch {t.batch_size * t.grad_accum * world.size} = batch_size {t.batch_size} x "
+        f"grad_accum {t.grad_accum} x {world.describe()}{how}"
+    )
+
+
+def _figures(model: PeftModel, out: Path) -> tuple[str | None, list[str]]:
+    """The training plot and the methods' own figures (e.g. AdaLoRA's rank map), when they can be drawn."""
+    plot, figures = None, []
+    try:
+        from .plotting import plot_metrics, write_figures
+
+        plot = str(plot_metrics(out / "metrics.jsonl", out / "training.png"))
+        figures = [str(f) for f in write_figures(model, out)]
+    except ImportError as err:
+        print(f"no plot: {err}")
+    return plot, figures
 
 
 def generation_scores(p: Prepared, run: RunConfig, max_new_tokens: int) -> dict[str, float]:

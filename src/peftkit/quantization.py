@@ -260,3 +260,34 @@ def quant_stats(model: nn.Module) -> QuantStats:
 
 def _bytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
+
+
+def prepare_model_for_kbit_training(
+    model: nn.Module,
+    use_gradient_checkpointing: bool = True,
+    gradient_checkpointing_kwargs: dict[str, Any] | None = None,
+) -> nn.Module:
+    """peft's preparation of a base model before adapters are added for training, in place: every weight
+    frozen, half-precision weights (not 4-bit ones) upcast to float32 for stable training, and on a quantised
+    model (``transformers``' ``is_loaded_in_4bit`` / ``8bit`` or peftkit's :func:`quantize_model`) gradient
+    checkpointing switched on (``use_gradient_checkpointing``), with the embeddings' outputs requiring grad so
+    that checkpointed blocks pass gradients to the adapters."""
+    kwargs = dict(gradient_checkpointing_kwargs or {})
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for param in model.parameters():
+        if param.dtype in (torch.float16, torch.bfloat16) and getattr(param, "quant_state", None) is None:
+            param.data = param.data.to(torch.float32)
+    kbit = any(getattr(model, f, False) for f in ("is_loaded_in_8bit", "is_loaded_in_4bit")) or bool(
+        quantized_layers(model)
+    )
+    if kbit and use_gradient_checkpointing:
+        if kwargs.get("use_reentrant", True) and hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+        if not hasattr(model, "gradient_checkpointing_enable"):
+            raise ValueError(
+                f"{type(model).__name__} has no gradient_checkpointing_enable; pass "
+                "use_gradient_checkpointing=False"
+            )
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    return model

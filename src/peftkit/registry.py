@@ -9,14 +9,17 @@ Adding a method never means editing a central list.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 from torch import nn
 
-from .config import PeftConfig, Targets
+from .checkpoint import read_config
+from .config import SAVED_CONFIGS, PeftConfig, Targets
 from .errors import ConfigError, TargetError
 from .figures import Heatmap
 from .layer import AdapterLayer, attach
+from .peft_types import PeftType
 from .targeting import find_targets
 
 # keys peft writes into adapter_config.json that carry no meaning for peftkit's maths
@@ -61,6 +64,10 @@ class Method:
         adapter name."""
         return None
 
+    def check_new_adapter(self, config: PeftConfig, existing: dict[str, PeftConfig]) -> None:
+        """Refuse ``config`` beside the model's ``existing`` adapters when the method cannot take both
+        (peft's rules: one LoRA adapter with trained biases, one trainable AdaLoRA adapter)."""
+
     # ---- training hooks: PeftModel calls them for each active, trainable adapter of the method ---
     def before_training(
         self, model: nn.Module, config: PeftConfig, adapter_name: str, total_steps: int
@@ -76,15 +83,31 @@ class Method:
     ) -> None:
         """Called after optimizer step ``step`` (0-based), before gradients are cleared."""
 
+    def start_schedule(self, model: nn.Module, config: PeftConfig, adapter_name: str) -> None:
+        """Called before each step a loop outside peftkit's trainer takes (peft's ``update_and_allocate``):
+        start what :meth:`before_training` starts, from the config alone, unless it has started."""
+
+    def forward_loss(self, model: nn.Module, config: PeftConfig, adapter_name: str) -> Any:
+        """A term peft's model of this method adds to the forward's loss (a tensor), or None."""
+        return None
+
     def figures(self, model: nn.Module, config: PeftConfig, adapter_name: str) -> list[Heatmap]:
         """Figures describing the trained adapter, as data (the application draws them)."""
         return []
 
     # ---- peft's adapter_config.json -----------------------------------------------------------
-    def to_peft_dict(self, config: PeftConfig, model: nn.Module, targets: list[str]) -> dict[str, Any]:
+    def peft_fields(self, config: PeftConfig) -> dict[str, Any]:
+        """The config as peft writes it, without a model to read derived fields from
+        (``PeftConfig.save_pretrained``); peftkit's own methods name themselves in ``peftkit_method``."""
         data = config.to_dict()
         data["peft_type"] = self.peft_type
+        if self.peft_type is None:
+            data["peftkit_method"] = self.name
         return data
+
+    def to_peft_dict(self, config: PeftConfig, model: nn.Module, targets: list[str]) -> dict[str, Any]:
+        """The config as saved beside an adapter on ``model`` (fields read from the model filled in)."""
+        return self.peft_fields(config)
 
     def config_from_dict(self, data: dict[str, Any]) -> PeftConfig:
         """Read ours or peft's adapter_config.json. A peft feature peftkit lacks is an error, not ignored."""
@@ -151,6 +174,7 @@ def register_method(name: str, config: type[PeftConfig], peft_type: str | None =
             raise ValueError(f"method {name!r} is already registered by {type(_METHODS[name]).__name__}")
         cls.name, cls.config_class, cls.peft_type = name, config, peft_type
         config.method = name
+        config.peft_type = PeftType(peft_type) if peft_type else None
         _METHODS[name] = cls()
         return cls
 
@@ -181,6 +205,24 @@ def method_for_saved_config(data: dict[str, Any]) -> Method:
         f"adapter_config.json names peft_type={peft_type!r}, which no peftkit method reads; "
         f"peftkit reads {sorted(m.peft_type for m in _METHODS.values() if m.peft_type)}"
     )
+
+
+def read_saved_config(folder: Path) -> PeftConfig:
+    """The config in ``folder/adapter_config.json``, saved by peftkit or peft."""
+    data = read_config(folder)
+    return method_for_saved_config(data).config_from_dict(data)
+
+
+def peft_config_dict(config: PeftConfig) -> dict[str, Any]:
+    return get_method(config).peft_fields(config)
+
+
+SAVED_CONFIGS.read, SAVED_CONFIGS.write = read_saved_config, peft_config_dict
+
+
+def get_peft_config(config_dict: dict[str, Any]) -> PeftConfig:
+    """peft's ``get_peft_config``: a config from a dict naming its ``peft_type`` (or peftkit's ``method``)."""
+    return config_from_dict(config_dict)
 
 
 def config_from_dict(data: dict[str, Any]) -> PeftConfig:

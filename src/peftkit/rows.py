@@ -30,7 +30,11 @@ def rows_for_batch(rows: Sequence, batch: int) -> list:
     """Per-row labels for a batch; beam search and ``num_return_sequences`` repeat each input row k
     times in a row (``repeat_interleave``), so the labels are repeated the same way."""
     if not rows or batch % len(rows):
-        raise AdapterError(f"adapter_names has {len(rows)} entries but the batch has {batch} rows")
+        raise AdapterError(
+            "Length of `adapter_names` should be the same as the number of inputs, but got "
+            f"{len(rows)} and {batch} respectively (adapter_names has {len(rows)} entries but the batch has "
+            f"{batch} rows)"
+        )
     k = batch // len(rows)
     return [r for r in rows for _ in range(k)]
 

@@ -3,6 +3,8 @@
 - Against ``peft``, the reference: a check must pass. Where peft itself raises on this transformers version
   (the exception passes through peft's own code), the case is skipped with peft's error as the reason,
   found by running it, never listed by hand.
+- Against an older ``peft`` than a check's behaviour needs (:data:`reference_versions.REFERENCE_SINCE`),
+  the ``peft`` leg is skipped with what that release does instead.
 - Against ``peftkit``: a case listed in :data:`known_gaps.KNOWN_GAPS` is a strict xfail, so a row whose
   feature has landed fails until it is deleted; every other case must pass.
 """
@@ -10,12 +12,15 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
 from pathlib import Path
 
 import pytest
+from packaging.version import Version
 
 from .known_gaps import KNOWN_GAPS
+from .reference_versions import REFERENCE_SINCE
 
 pytest.importorskip("peft")
 
@@ -56,10 +61,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.user_properties += [("gap_key", key), ("lib", lib_of(item))]  # read by bench/compat_report.py
         if lib_of(item) == "peftkit" and key in KNOWN_GAPS:
             item.add_marker(pytest.mark.xfail(strict=True, reason=KNOWN_GAPS[key]))
+        if lib_of(item) == "peft" and (older := reference_too_old(key.split("[")[0])):
+            item.add_marker(pytest.mark.skip(reason=older))
     if _whole_suite_selected(config, items):
-        stale = sorted(set(KNOWN_GAPS) - keys)
+        names = {key.split("[")[0] for key in keys}
+        stale = sorted(set(KNOWN_GAPS) - keys) + sorted(set(REFERENCE_SINCE) - names)
         if stale:
-            raise pytest.UsageError(f"known_gaps.py rows that name no test (delete them): {stale[:10]}")
+            raise pytest.UsageError(f"gap/version rows that name no test (delete them): {stale[:10]}")
+
+
+def reference_too_old(name: str) -> str | None:
+    """Why the installed peft cannot be the reference for ``name``, or None when it can."""
+    if name not in REFERENCE_SINCE:
+        return None
+    since, before = REFERENCE_SINCE[name]
+    installed = importlib.metadata.version("peft")
+    if Version(installed) >= Version(since):
+        return None
+    return f"peft {installed} predates this behaviour (peft >= {since}): {before}"
 
 
 def _whole_suite_selected(config: pytest.Config, items: list[pytest.Item]) -> bool:

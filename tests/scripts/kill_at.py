@@ -7,6 +7,9 @@ POINT is where the N-th occurrence (counted from 1 in this process) is killed:
   checkpoint  inside a checkpoint write: half of ``state.pt`` is on disk, its marker is not
   prune       inside the pruning of an old checkpoint: its marker and one file are gone, the rest not
   none        never (a plain ``peftkit`` run)
+
+Under ``torchrun``, only the rank named by the environment variable KILL_RANK dies (every rank when
+it is unset).
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ POINTS = {"step": kill_in_step, "checkpoint": kill_in_checkpoint, "prune": kill_
 
 if __name__ == "__main__":
     point, n, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-    if POINTS[point] is not None:
+    rank = os.environ.get("RANK", "0")
+    if POINTS[point] is not None and os.environ.get("KILL_RANK", rank) == rank:
         POINTS[point](n)
     sys.exit(main(argv))

@@ -1,11 +1,17 @@
 """Train an adapter. With no arguments: the main job (LoRA on the packaged SmolLM2-135M for a built-in
 extraction task, evaluated before and after). With ``--config run.yaml`` and/or ``--section.field``
-flags: any task, model and method (see peftkit.run_config for the YAML layout)."""
+flags: any task, model and method (see peftkit.run_config for the YAML layout).
+
+Started by ``torchrun`` with several processes (``torchrun --nproc-per-node N -m peftkit train --config
+run.yaml``), it trains data-parallel (``train.distributed``: ddp or fsdp); rank 0 prints, logs and saves."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
 
 HELP = "train an adapter (no arguments: the built-in demo on SmolLM2-135M)"
 
@@ -69,8 +75,43 @@ def overrides(args: argparse.Namespace) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..training import distributed
+
+    with distributed.process_group() as world:  # one process unless started by torchrun
+        if world.active:
+            signal.signal(signal.SIGTERM, _stopped)  # torchrun stops the others when a rank fails
+        try:
+            with _quiet_unless_main(world.main):
+                return _run(args, world.active)
+        except distributed.OtherRankFailed:
+            return 2  # rank 0 has printed the error
+
+
+def _stopped(signum: int, frame: object) -> None:
+    from ..training.distributed import RankLost
+
+    raise RankLost("torchrun stopped this rank (SIGTERM)")
+
+
+@contextlib.contextmanager
+def _quiet_unless_main(main: bool):
+    """Ranks other than 0 print nothing to stdout (their errors still reach stderr)."""
+    if main:
+        yield
+        return
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        yield
+
+
+def _run(args: argparse.Namespace, distributed: bool) -> int:
     sets = overrides(args)
     if not args.config and not {k for k in sets if k != "output_dir"}:
+        if distributed:
+            from ..errors import ConfigError
+
+            raise ConfigError(
+                "--config", "the built-in demo runs on one process; give a run config to torchrun"
+            )
         return _demo(args)
     from ..pipeline import train_run
     from ..run_config import apply_overrides, build_run_config, load_yaml

@@ -91,7 +91,7 @@ def _check(model, adapters: list[str], weights: list[float], how: str, svd_rank:
     check_finite("weights", list(weights))
     if how == "svd" and (not isinstance(svd_rank, int) or svd_rank <= 0):
         raise ConfigError("svd_rank", f"the svd combination needs a positive target rank, got {svd_rank!r}")
-    model._check_known(adapters)
+    model.check_known(adapters)
     for name in adapters:
         config = model.peft_config[name]
         if not isinstance(config, LoraConfig):
@@ -174,11 +174,11 @@ def write_weighted(
         scales = [layer.scaling[a] for a in present]
         merged = combine(factors, scales, [weight_of[a] for a in present], combination, svd_rank)
         if combination == "svd":
-            merged = _pad_rank(merged, read_factors(layer, target).A.shape[0])
+            merged = pad_rank(merged, read_factors(layer, target).A.shape[0])
         write_factors(layer, target, merged)
 
 
-def _pad_rank(f: Factors, rank: int) -> Factors:
+def pad_rank(f: Factors, rank: int) -> Factors:
     """SVD of a delta of rank below the target: zero rows/columns fill the rest (exactly the same delta)."""
     missing = rank - f.A.shape[0]
     if missing <= 0:
@@ -191,7 +191,7 @@ def _pad_rank(f: Factors, rank: int) -> Factors:
 def _merged_config(ranks: dict[str, int]) -> LoraConfig:
     """Scale 1 everywhere (``lora_alpha = r`` per module), the most common rank as ``r``."""
     r = Counter(ranks.values()).most_common(1)[0][0]
-    pattern = {_exact(p): k for p, k in ranks.items() if k != r}
+    pattern = {exact_pattern(p): k for p, k in ranks.items() if k != r}
     return LoraConfig(
         r=r,
         lora_alpha=r,
@@ -201,6 +201,6 @@ def _merged_config(ranks: dict[str, int]) -> LoraConfig:
     )
 
 
-def _exact(path: str) -> str:
+def exact_pattern(path: str) -> str:
     """A rank_pattern key matching this module path only (keys are suffix regexes)."""
     return re.escape(path)

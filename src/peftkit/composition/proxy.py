@@ -88,7 +88,7 @@ def proxy_tuning_hook(
             "for the anti-expert",
         )
     name = adapter_name or expert.active_adapter
-    expert._check_known([name])
+    expert.check_known([name])
     check_vocabularies(model, expert, expert)
     rows = [{"adapter_names": [name]}, {"adapter_names": [BASE_ROW]}]  # any batch: one name per row
     return ModelLogitsHook([expert, expert], proxy_combine(alpha), rows)

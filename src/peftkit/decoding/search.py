@@ -22,6 +22,8 @@ def greedy_or_sample(run: Decoding) -> torch.Tensor:
     for step in range(run.config.max_new_tokens):
         scores = run.logits(step, out.logits)
         scores = apply_penalties(scores, run.sequences, run.valid, step, run.config)
+        if run.step_scores is not None:  # what the token is picked from, as transformers reports it
+            run.record(apply_warpers(scores, run.config) if run.config.strategy == "sample" else scores)
         tokens = pick(scores, run.config, run.generator)
         if run.append(tokens):
             break

@@ -40,6 +40,7 @@ class Decoding:
         self.sequences = self.input_ids  # (N, L + t)
         self.valid = self.attention_mask.bool()  # (N, L + t): real tokens, for the penalties
         self.finished = torch.zeros(self.input_ids.shape[0], dtype=torch.bool, device=self.input_ids.device)
+        self.step_scores: list[torch.Tensor] | None = None  # each step's scores, when they are asked for
 
     @property
     def new_tokens(self) -> int:
@@ -47,13 +48,19 @@ class Decoding:
 
     def prefill(self) -> StepOutput:
         """Feed the prompts to the model (and to the hook's models); logits for the first token."""
-        out = self.stepper.prefill(*self.model_inputs)
+        decoder_prompt = self.input_ids if self.stepper.encoder_decoder else None
+        out = self.stepper.prefill(*self.model_inputs, decoder_input_ids=decoder_prompt)
         if self.hook is not None and hasattr(self.hook, "start"):
             self.hook.start(*self.model_inputs)
         return out
 
     def logits(self, step: int, raw: torch.Tensor) -> torch.Tensor:
         return raw if self.hook is None else self.hook(step, self.sequences, raw)
+
+    def record(self, scores: torch.Tensor) -> None:
+        """Keep one step's processed scores ``(N, V)`` (``output_scores``)."""
+        if self.step_scores is not None:
+            self.step_scores.append(scores)
 
     def append(self, tokens: torch.Tensor) -> bool:
         """Add one token per row (finished rows get padding); True when decoding is over."""

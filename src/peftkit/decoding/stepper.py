@@ -102,8 +102,14 @@ class ModelStepper:
         self.encoder_ids: torch.Tensor | None = None
 
     # ---- the two kinds of call ----------------------------------------------------------------
-    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> StepOutput:
-        """Feed the prompts ``(B, L)``; returns the logits for the first new token."""
+    def prefill(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
+    ) -> StepOutput:
+        """Feed the prompts ``(B, L)``; returns the logits for the first new token. An encoder-decoder's
+        decoder starts from ``decoder_input_ids (B, L_dec)`` when given, else from its start token."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         self.cache = new_cache(self.model)
@@ -112,7 +118,11 @@ class ModelStepper:
             _warn_uncached(self.model, "its forward takes no cache argument")
         if self.encoder_decoder:
             self.encoder_ids, self.mask = input_ids, attention_mask.long()
-            start = torch.full((input_ids.shape[0], 1), decoder_start_id(self.model), device=input_ids.device)
+            start = decoder_input_ids
+            if start is None:
+                start = torch.full(
+                    (input_ids.shape[0], 1), decoder_start_id(self.model), device=input_ids.device
+                )
             self.tokens = start
             return self._call(input_ids=input_ids, attention_mask=self.mask, decoder_input_ids=start)
         self.mask, self.tokens = attention_mask.long(), input_ids

@@ -8,11 +8,17 @@ says how they combine in ``adapter_delta`` and ``delta_weight``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
+from ..config import PeftConfig
+from ..errors import ConfigError
 from ..layer import AdapterLayer
 from ..nn_types import is_conv1d, linear_dims
+
+BIASES = ("none", "all", "lora_only")  # which base biases a low-rank adapter also trains (peft's ``bias``)
 
 
 class LowRankLayer(AdapterLayer):
@@ -43,3 +49,34 @@ class LowRankLayer(AdapterLayer):
         self.scaling.pop(name, None)
         if name in self.lora_dropout:
             del self.lora_dropout[name]
+
+
+def trained_biases(model: nn.Module, bias: str, targets: list[str]) -> list[str]:
+    """The base biases ``bias`` trains: ``"all"`` every bias of the model (a ``modules_to_save`` copy trains
+    and saves as a whole), ``"lora_only"`` those of the adapted layers, ``"none"`` none."""
+    if bias == "all":
+        skip = (".lora_", ".modules_to_save.", ".original_module.")
+        return [
+            n
+            for n, _ in model.named_parameters()
+            if n.endswith(".bias") and not any(s in f".{n}" for s in skip)
+        ]
+    if bias == "lora_only":
+        return [
+            f"{t}.base_layer.bias"
+            for t in targets
+            if getattr(model.get_submodule(t).base, "bias", None) is not None
+        ]
+    return []
+
+
+def check_one_bias(config: Any, existing: dict[str, PeftConfig], model_name: str) -> None:
+    """peft trains the base's biases for one adapter at most: two would share (and fight over) them."""
+    with_bias = [n for n, c in existing.items() if getattr(c, "bias", "none") != "none"]
+    if with_bias and config.bias != "none":
+        raise ConfigError(
+            "bias",
+            f"{model_name} supports only 1 adapter with bias ({with_bias[0]!r} has bias="
+            f"{existing[with_bias[0]].bias!r}). When using multiple adapters, set bias to 'none' for all "
+            "adapters except one.",
+        )

@@ -171,7 +171,7 @@ def _hf_model(model: nn.Module) -> nn.Module:
         stage = model.prompt_encoder  # the virtual-token stage
         if len(stage) and not stage.disabled:
             raise Unsupported("virtual-token adapters (prompt, prefix, P-tuning) change the sequence")
-        return model.base_model
+        return model.get_base_model()
     return model
 
 

@@ -13,6 +13,7 @@ from .chunked_loss import LM_LOSSES
 SCHEDULES = ("linear", "cosine", "constant")
 # issue 19's levers as runs trained before the fields existed: a saved config without them reads so
 BEFORE_LEVERS = {"precision": "fp32", "lm_loss": "plain", "packing": "padded"}
+DISTRIBUTED = ("ddp", "fsdp")
 
 
 @dataclass
@@ -23,7 +24,8 @@ class TrainConfig:
         lr: peak learning rate of AdamW.
         epochs: passes over the training data (ignored when ``max_steps`` is set).
         max_steps: optimizer steps to take; overrides ``epochs``.
-        batch_size: examples per micro-batch.
+        batch_size: examples per micro-batch on each process; one optimizer step sees
+            ``batch_size x grad_accum x processes`` examples (the global batch).
         grad_accum: micro-batches per optimizer step.
         schedule: ``linear`` or ``cosine`` decay after warm-up, or ``constant``.
         warmup_steps / warmup_ratio: linear warm-up length (steps, or a fraction of all steps).
@@ -50,6 +52,10 @@ class TrainConfig:
             padding), ``padded``, or ``auto`` (packed where the model keeps examples apart).
         compile: ``torch.compile`` the model for training (off unless asked: see the README's
             performance notes).
+        distributed: how a run started by ``torchrun`` with several processes splits the model:
+            ``ddp`` (a whole copy per process, gradients averaged) or ``fsdp`` (FSDP2 shards the
+            frozen base and the adapter over the processes). A single process trains the same way
+            under either.
     """
 
     lr: float = 2e-4
@@ -76,6 +82,7 @@ class TrainConfig:
     lm_loss: str = "auto"
     packing: str = "auto"
     compile: bool = False
+    distributed: str = "ddp"
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -85,6 +92,7 @@ class TrainConfig:
         check_positive_int("batch_size", self.batch_size)
         check_positive_int("grad_accum", self.grad_accum)
         check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("distributed", self.distributed, DISTRIBUTED)
         check_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
         for name in (
             "max_steps",

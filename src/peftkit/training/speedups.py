@@ -24,11 +24,17 @@ from .config import TrainConfig
 LossFn = Callable[[nn.Module, dict], torch.Tensor]
 
 
-def training_loss(loss_fn: LossFn, config: TrainConfig, default: LossFn) -> LossFn:
+def training_loss(loss_fn: LossFn, config: TrainConfig, default: LossFn, several: bool = False) -> LossFn:
     """The loss the trainer calls: the model's own loss (``default``) becomes :class:`CausalLMLoss`
-    in ``config.lm_loss`` mode; a task's own loss function is kept (and ``chunked`` refused for it)."""
+    in ``config.lm_loss`` mode; a task's own loss function is kept (and ``chunked`` refused for it).
+    In a run over ``several`` processes the model runs inside DDP or FSDP2 (whose head is sharded):
+    ``auto`` is the plain loss there and ``chunked`` is refused."""
+    if config.lm_loss == "chunked" and several:
+        raise ConfigError(
+            "train.lm_loss", "chunked is not supported in a run over several processes; use auto or plain"
+        )
     if loss_fn is default:
-        return CausalLMLoss(config.lm_loss)
+        return CausalLMLoss("plain" if several else config.lm_loss)
     if config.lm_loss == "chunked":
         raise ConfigError(
             "train.lm_loss", "chunked applies to the causal-LM loss (sft); this task computes its own loss"

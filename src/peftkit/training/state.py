@@ -30,6 +30,7 @@ from safetensors.torch import save as save_tensors
 from torch import nn
 
 from ..errors import CheckpointError
+from .distributed import local_like
 
 MARKER = "complete.json"
 TRAINABLE = "trainable.safetensors"
@@ -53,8 +54,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
 
 
+TUNER_LEVEL = "base_model.model."  # a PeftModel's tuner model holds the wrapped model as .model
+
+
+def checkpoint_key(name: str) -> str:
+    """A tensor's key in these checkpoints: its name in the model, the tuner level left out
+    (``base_model.model.<path>`` -> ``base_model.<path>``): the keys checkpoints had before PeftModel held a
+    tuner model (peft's layout), so older checkpoints resume."""
+    return "base_model." + name[len(TUNER_LEVEL) :] if name.startswith(TUNER_LEVEL) else name
+
+
 def trainable_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    return {
+        checkpoint_key(n): p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad
+    }
 
 
 def persistent_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -64,7 +77,7 @@ def persistent_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
         skip = module._non_persistent_buffers_set  # torch's own record of register_buffer(persistent=False)
         for name, buf in module.named_buffers(recurse=False):
             if buf is not None and name not in skip:
-                out[f"{prefix}.{name}" if prefix else name] = buf.detach().contiguous()
+                out[checkpoint_key(f"{prefix}.{name}" if prefix else name)] = buf.detach().contiguous()
     return out
 
 
@@ -238,7 +251,7 @@ def _set_aside(path: Path) -> None:
 
 def apply_checkpoint(checkpoint: Checkpoint, model: nn.Module) -> dict[str, Any]:
     """Copy the checkpoint's tensors and buffers into ``model``, restore the RNGs, return the state."""
-    params = dict(model.named_parameters())
+    params = {checkpoint_key(n): p for n, p in model.named_parameters()}
     _check_names(checkpoint, "trainable tensors", set(checkpoint.tensors), set(trainable_tensors(model)))
     buffers = persistent_buffers(model)
     if checkpoint.buffers is None and buffers:
@@ -246,7 +259,7 @@ def apply_checkpoint(checkpoint: Checkpoint, model: nn.Module) -> dict[str, Any]
             f"checkpoint {checkpoint.path} was written without the model's buffers (an older peftkit), "
             f"so {sorted(buffers)[:2]} cannot be restored; start the run again with --overwrite"
         )
-    live = dict(model.named_buffers())
+    live = {checkpoint_key(n): b for n, b in model.named_buffers()}
     _check_names(checkpoint, "buffers", set(checkpoint.buffers or {}), set(buffers))
     pairs = [(params[n], v) for n, v in checkpoint.tensors.items()]
     pairs += [(live[n], v) for n, v in (checkpoint.buffers or {}).items()]
@@ -258,7 +271,7 @@ def apply_checkpoint(checkpoint: Checkpoint, model: nn.Module) -> dict[str, Any]
         )
     with torch.no_grad():
         for target, value in pairs:
-            target.copy_(value)
+            target.copy_(local_like(target, value))  # an FSDP2 shard takes its part
     set_rng_state(checkpoint.state["rng"])
     return checkpoint.state
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..config import PeftConfig, check_positive_int
 from ..errors import ConfigError
@@ -19,6 +20,8 @@ class PromptLearningConfig(PeftConfig):
         num_attention_heads: attention heads (key/value heads for grouped-query attention).
         num_layers: transformer layers.
     """
+
+    is_prompt_learning: ClassVar[bool] = True
 
     num_virtual_tokens: int = 20
     token_dim: int | None = None

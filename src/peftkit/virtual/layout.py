@@ -55,7 +55,7 @@ class Transformed:
 
 
 def transform_inputs(
-    model: nn.Module, kwargs: dict[str, Any], rows: list[InputAdapter | None]
+    model: nn.Module, kwargs: dict[str, Any], rows: list[InputAdapter | None], index_positions: bool = False
 ) -> Transformed:
     """Place each row's virtual tokens; ``rows[i]`` is row ``i``'s adapter, or None (no virtual tokens).
 
@@ -87,7 +87,8 @@ def transform_inputs(
     mask = mask.to(device)
     given = kwargs.get("position_ids")
     if given is None:
-        given = _default_positions(mask, length, [a is not None for a in rows])
+        adapted = [a is not None and not index_positions for a in rows]
+        given = _default_positions(mask, length, adapted)
     shift = torch.tensor([e + k for e, k in zip(emb_len, kv_len, strict=True)], device=device)[:, None]
     positions = given.to(device) + shift  # (B, L): real tokens come after the row's virtual ones
     kwargs.pop("cache_position", None)  # recomputed by the model from the cache length
@@ -212,11 +213,17 @@ def _replace_tokens(model: nn.Module, kwargs: dict, rows: list[InputAdapter | No
 
 
 def _write_prefix(model: nn.Module, cache, rows: list[InputAdapter | None], P: int, batch: int):
-    """Write every row's key/value prefix into the (empty) cache, layer by layer."""
+    """Write every row's key/value prefix into the (empty) cache, layer by layer (a new cache when none
+    was passed); rows without a prefix get zeros there, which their mask leaves out."""
     from transformers import DynamicCache
 
+    if model.training and _checkpointing(model):
+        raise AdapterError(
+            "prefix tuning does not work with gradient checkpointing: the prefix goes through the KV cache, "
+            "which checkpointed training switches off; call gradient_checkpointing_disable() first"
+        )
     if cache is None:
-        cache = DynamicCache(config=model.config)
+        cache = DynamicCache(config=_text_config(model))
     dtype = next(p for p in model.parameters()).dtype
     per_adapter = {id(a): a.prefix() for a in rows if a is not None and a.writes_cache}
     shape = next(iter(per_adapter.values())).shape  # (layers, 2, H, V, hd)
@@ -233,6 +240,20 @@ def _write_prefix(model: nn.Module, cache, rows: list[InputAdapter | None], P: i
     return cache
 
 
+def _checkpointing(model: nn.Module) -> bool:
+    """Whether gradient checkpointing is on (transformers' newer and older names of the flag)."""
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        if hasattr(type(model), name):
+            return bool(getattr(model, name))
+    return False
+
+
+def _text_config(model: nn.Module):
+    """The config a cache of the (decoder's) self-attention is built for."""
+    config = model.config
+    return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+
+
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -240,16 +261,24 @@ def _device(model: nn.Module) -> torch.device:
 def _encoder_decoder(
     model: nn.Module, kwargs: dict[str, Any], rows: list[InputAdapter | None]
 ) -> Transformed:
-    """Encoder-decoders: virtual tokens go in front of the encoder input; the decoder is untouched."""
-    if any(a is not None and (a.writes_cache or a.replaces_tokens() is not None) for a in rows):
-        raise AdapterError(
-            "on encoder-decoder models peftkit supports prompt tuning (encoder-side virtual tokens)"
-        )
+    """Encoder-decoders: prepended virtual tokens go in front of the encoder input; a prefix goes into the
+    decoder's self-attention cache, as peft places it (the encoder runs bare), with the decoder mask
+    covering its slots."""
+    if any(a is not None and a.replaces_tokens() is not None for a in rows):
+        raise AdapterError("P-tuning templates (placeholder tokens) are for decoder-only models")
     kwargs = dict(kwargs)
-    lengths = [a.num_virtual_tokens if a is not None else 0 for a in rows]
+    _encoder_tokens(model, kwargs, rows)
+    if any(a is not None and a.writes_cache for a in rows):
+        _decoder_prefix(model, kwargs, rows)
+    return Transformed(kwargs, None)  # decoder outputs: nothing to cut
+
+
+def _encoder_tokens(model: nn.Module, kwargs: dict[str, Any], rows: list[InputAdapter | None]) -> None:
+    """Prepended virtual tokens in front of the encoder input, with the encoder mask over their slots."""
+    lengths = [a.num_virtual_tokens if _prepends(a) else 0 for a in rows]
     T = max(lengths)
     if T == 0:
-        return Transformed(kwargs, None)
+        return
     mask = kwargs.get("attention_mask")
     if kwargs.get("encoder_outputs") is None:
         ref = kwargs["input_ids"] if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]
@@ -264,22 +293,57 @@ def _encoder_decoder(
             "pass the encoder attention_mask with encoder_outputs when prompt tuning is active"
         )
     kwargs["attention_mask"] = torch.cat([slot_mask(lengths, T, mask.device).to(mask.dtype), mask], dim=1)
-    return Transformed(kwargs, None)  # decoder outputs: nothing to cut
 
 
-def forward_with_virtual_tokens(model: nn.Module, args: tuple, kwargs: dict, rows: list[InputAdapter | None]):
+def _decoder_prefix(model: nn.Module, kwargs: dict[str, Any], rows: list[InputAdapter | None]) -> None:
+    """Prefill: each row's prefix written into the decoder's self-attention cache (a new cache when none
+    is passed). Every call: the decoder mask gets the prefix slots in front (unused slots masked)."""
+    from transformers import DynamicCache, EncoderDecoderCache
+
+    kv_len = [a.num_virtual_tokens if a is not None and a.writes_cache else 0 for a in rows]
+    P, batch = max(kv_len), len(rows)
+    cache = passed_cache(kwargs)
+    past = filled_length(cache)
+    if past == 0:
+        if cache is None:
+            cache = EncoderDecoderCache(DynamicCache(config=_text_config(model)), DynamicCache())
+            kwargs[cache_argument(model) or "past_key_values"] = cache
+        _write_prefix(model, cache.self_attention_cache, rows, P, batch)
+    mask = kwargs.get("decoder_attention_mask")
+    if mask is None:
+        new = _decoder_length(kwargs)
+        mask = torch.ones(batch, max(past - P, 0) + new, dtype=torch.long, device=_device(model))
+    kwargs["decoder_attention_mask"] = torch.cat([slot_mask(kv_len, P, mask.device).to(mask.dtype), mask], 1)
+
+
+def _decoder_length(kwargs: dict[str, Any]) -> int:
+    """Decoder positions this call feeds (its ids, embeddings, or the labels it shifts into ids)."""
+    for key in ("decoder_input_ids", "decoder_inputs_embeds", "labels"):
+        if kwargs.get(key) is not None:
+            return kwargs[key].shape[1]
+    raise AdapterError("a prefix on an encoder-decoder needs decoder_input_ids (or labels) in the forward")
+
+
+def forward_with_virtual_tokens(
+    model: nn.Module, args: tuple, kwargs: dict, rows: list[InputAdapter | None], peft_forward: bool = False
+):
     """Call ``model`` with each row's virtual tokens in place; logits come back for the real positions
-    only (the prepended slots are cut), so they line up with ``input_ids`` and ``labels`` as without."""
+    only (the prepended slots are cut), so they line up with ``input_ids`` and ``labels`` as without.
+
+    ``peft_forward``: peft's forward instead, positions ``0 .. V + L - 1`` in every row whatever its mask,
+    and a causal LM's logits for the virtual positions too (one virtual length per batch)."""
     if args:
         names = list(inspect.signature(model.forward).parameters)
         kwargs = {**dict(zip(names, args)), **kwargs}
     keep = kwargs.get("logits_to_keep") or 0  # decoding asks for the last position's logits only
-    done = transform_inputs(model, kwargs, rows)
+    done = transform_inputs(model, kwargs, rows, index_positions=peft_forward)
+    if peft_forward and done.packed:
+        raise AdapterError("peft_forward needs one number of virtual tokens for every row of the batch")
     if keep and done.packed:  # rows end in unused slots: gather the real positions first, then keep
         done.kwargs.pop("logits_to_keep")
     out = model(**done.kwargs)
     logits = getattr(out, "logits", None)
-    if done.starts is None or not isinstance(logits, torch.Tensor) or logits.dim() != 3:
+    if done.starts is None or not isinstance(logits, torch.Tensor) or logits.dim() != 3 or peft_forward:
         return out
     if keep and not done.packed:  # virtual slots sit in front: the kept positions are real tokens
         return out

@@ -17,17 +17,24 @@ import torch
 from torch import nn
 
 from ..errors import AdapterError
+from ..nn_types import replace_parameters
 from ..rows import current_rows
 from .adapter import PEFT_KEY, InputAdapter
 from .layout import forward_with_virtual_tokens
 
 
 class VirtualTokenStage(nn.ModuleDict):
-    """Every adapter's virtual tokens, by adapter name; ``disabled`` runs the bare input."""
+    """Every adapter's virtual tokens, by adapter name; ``disabled`` runs the bare input.
+
+    ``peft_forward = True`` gives peft's forward where peftkit's differs by design: positions counted
+    ``0 .. V + L - 1`` in every row (peftkit counts a row's real tokens, so padding changes nothing) and a
+    causal LM's logits for the virtual tokens too (peftkit returns the real tokens', aligned with the
+    labels). Decoding is the same either way."""
 
     def __init__(self) -> None:
         super().__init__()
         self.disabled = False
+        self.peft_forward = False
 
     # ---- adapters ----------------------------------------------------------------------------------
     def add(self, name: str, adapter: InputAdapter | None) -> None:
@@ -41,6 +48,16 @@ class VirtualTokenStage(nn.ModuleDict):
     def adapter_parameters(self, name: str) -> Iterator[nn.Parameter]:
         if name in self:
             yield from self[name].parameters()
+
+    def to_meta(self, name: str) -> None:
+        """Adapter ``name``'s tensors on the meta device (``low_cpu_mem_usage``: weights to be loaded)."""
+        if name in self:
+            replace_parameters(self[name], lambda t: torch.empty_like(t, device="meta"))
+
+    def materialize(self, name: str, device: torch.device) -> None:
+        """Storage on ``device`` for adapter ``name``'s meta tensors (values to be loaded)."""
+        if name in self:
+            replace_parameters(self[name], lambda t: torch.empty_like(t, device=device) if t.is_meta else t)
 
     def adapter_state_dict(self, name: str) -> dict[str, torch.Tensor]:
         """peft's ``{"prompt_embeddings": ...}`` of adapter ``name`` (empty when it adds no tokens)."""
@@ -60,7 +77,7 @@ class VirtualTokenStage(nn.ModuleDict):
         rows = self.row_adapters(active, batch_size(args, kwargs))
         if rows is None:
             return model(*args, **kwargs)
-        return forward_with_virtual_tokens(model, args, kwargs, rows)
+        return forward_with_virtual_tokens(model, args, kwargs, rows, self.peft_forward)
 
     def row_adapters(self, active: list[str], batch: int | None) -> list[InputAdapter | None] | None:
         """Each row's virtual-token adapter (None: none), seen through the row's task; None when no
@@ -87,10 +104,11 @@ class VirtualTokenStage(nn.ModuleDict):
 
 
 def batch_size(args: tuple, kwargs: dict[str, Any]) -> int | None:
-    """The number of rows of a forward, read from its input ids or embeddings (None: no such input)."""
-    ref = kwargs.get("input_ids")
-    if ref is None:
-        ref = kwargs.get("inputs_embeds")
-    if ref is None and args:
-        ref = args[0]
-    return ref.shape[0] if isinstance(ref, torch.Tensor) else None
+    """The number of rows of a forward, read from its input ids or embeddings, else its attention mask or
+    decoder inputs (an encoder-decoder's later decoding steps pass ``encoder_outputs`` and no input ids);
+    None: no such input."""
+    for key in ("input_ids", "inputs_embeds", "attention_mask", "decoder_input_ids", "decoder_inputs_embeds"):
+        ref = kwargs.get(key)
+        if isinstance(ref, torch.Tensor):
+            return ref.shape[0]
+    return args[0].shape[0] if args and isinstance(args[0], torch.Tensor) else None

@@ -120,6 +120,11 @@ def start_schedule(model: nn.Module, config: AdaLoraConfig, name: str, length: i
         config.rank_pattern = _pattern(layers, name)
 
 
+def schedule_started(model: nn.Module, name: str) -> bool:
+    """Whether :func:`start_schedule` ran for adapter ``name`` (its layers hold the schedule's length)."""
+    return any(int(la.allocation[name].total_step) for _, la in adalora_layers(model, name))
+
+
 def orthogonal_penalty(model: nn.Module, name: str, form: str = "squared") -> torch.Tensor | None:
     """``R(P, Q)`` of adapter ``name`` (see ``AdaLoraConfig.orth_reg_form``): the mean over modules of
     ``||P^T P - I||_F^2 + ||Q Q^T - I||_F^2`` (``"squared"``, the paper), or the mean over every P and Q of

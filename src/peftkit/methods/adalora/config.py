@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from ...config import PeftConfig, check_choice, check_positive, check_positive_int, check_range
 from ...errors import ConfigError
+from ..lowrank import BIASES
 
 ORTH_FORMS = ("squared", "peft")
 
@@ -31,6 +32,8 @@ class AdaLoraConfig(PeftConfig):
             averaged over every P and Q. The squared form pulls hard on far-from-orthogonal factors and
             barely on near-orthogonal ones; peft's pulls evenly. Training-only: not saved.
         total_step: optimizer steps of the run; ``None`` is filled in by the trainer when training starts.
+        bias: which base biases also train (peft's option, as LoRA's): ``"none"``, ``"all"``, or
+            ``"lora_only"`` (of adapted layers).
         rank_pattern: which triplets each module keeps, ``{"<module>.lora_E": [True, False, ...]}``;
             written by the allocation, and read when loading (modules are built with the kept rank).
     """
@@ -48,6 +51,7 @@ class AdaLoraConfig(PeftConfig):
     orth_reg_form: str = "squared"
     total_step: int | None = None
     rank_pattern: dict[str, list[bool]] | None = None
+    bias: str = "none"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -67,6 +71,7 @@ class AdaLoraConfig(PeftConfig):
         if self.orth_reg_weight < 0:
             raise ConfigError("orth_reg_weight", f"must be a number >= 0, got {self.orth_reg_weight!r}")
         check_choice("orth_reg_form", self.orth_reg_form, ORTH_FORMS)
+        check_choice("bias", self.bias, BIASES)
         if self.total_step is not None:
             self.check_schedule(self.total_step)
         self._check_rank_pattern()

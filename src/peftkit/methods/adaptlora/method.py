@@ -42,7 +42,8 @@ class AdaPtLoraMethod(LayerMethod):
 def gate_values(model: nn.Module, adapter_name: str) -> dict[str, dict[str, float]]:
     """``{module path: {task: s_t}}``: how much each task uses the shared LoRA of each layer."""
     out: dict[str, dict[str, float]] = {}
-    for path, layer in adapter_layers(getattr(model, "base_model", model)):
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for path, layer in adapter_layers(base):
         if isinstance(layer, GatedLoraLinear) and adapter_name in layer.lora_gate:
             tasks = layer.configs[adapter_name].tasks
             with torch.no_grad():

@@ -13,6 +13,7 @@ from ...layer import adapter_layers
 from ...nn_types import correct_fan_in_fan_out
 from ...registry import LayerMethod, register_method
 from .. import default_targets as defaults
+from ..lowrank import check_one_bias, trained_biases
 from .config import PISSA_NITER, LoraConfig, is_residual_init
 from .layer import LoraEmbedding, LoraLinear
 
@@ -31,20 +32,10 @@ class LoraMethod(LayerMethod):
         return targets
 
     def extra_trainable(self, model: nn.Module, config: LoraConfig, targets: list[str]) -> list[str]:
-        if config.bias == "all":  # the base's own biases; a modules_to_save copy trains and saves as a whole
-            skip = (".lora_", ".modules_to_save.", ".original_module.")
-            return [
-                n
-                for n, _ in model.named_parameters()
-                if n.endswith(".bias") and not any(s in f".{n}" for s in skip)
-            ]
-        if config.bias == "lora_only":
-            return [
-                f"{t}.base_layer.bias"
-                for t in targets
-                if getattr(model.get_submodule(t).base, "bias", None) is not None
-            ]
-        return []
+        return trained_biases(model, config.bias, targets)
+
+    def check_new_adapter(self, config: LoraConfig, existing: dict[str, Any]) -> None:
+        check_one_bias(config, existing, "LoraModel")
 
     def to_peft_dict(self, config: LoraConfig, model: nn.Module, targets: list[str]) -> dict[str, Any]:
         data = super().to_peft_dict(config, model, targets)

@@ -5,4 +5,6 @@ from .config import PTuningConfig
 from .layer import PromptEncoder, render_template
 from .method import PTuningMethod
 
-__all__ = ["PTuningConfig", "PTuningMethod", "PromptEncoder", "render_template"]
+PromptEncoderConfig = PTuningConfig  # peft's name of the P-tuning config (its fields are peft's)
+
+__all__ = ["PTuningConfig", "PromptEncoderConfig", "PTuningMethod", "PromptEncoder", "render_template"]

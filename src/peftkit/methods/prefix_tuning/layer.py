@@ -16,6 +16,9 @@ class PrefixEncoder(ReparametrisedPrompt):
 
     def __init__(self, V: int, layers: int, heads: int, token_dim: int, hidden: int | None):
         self.layers, self.heads, self.head_dim = layers, heads, token_dim // heads
+        self.stored_layer = list(
+            range(layers)
+        )  # layer l reads the keys/values stored for layer stored_layer[l]
         out = layers * 2 * token_dim
         if hidden is None:
             super().__init__(V, V, out, None, dtype=torch.float32)
@@ -26,11 +29,20 @@ class PrefixEncoder(ReparametrisedPrompt):
 
         super().__init__(V, V, token_dim, mlp, dtype=torch.float32)
 
+    def use_peft_decoder_layout(self) -> None:
+        """On an encoder-decoder the prefix is the decoder's self-attention prefix, laid out as peft lays it
+        (so checkpoints agree): peft repeats the stored prefix and reads it in steps of two layers, so
+        decoder layer ``l`` gets the keys/values stored for layer ``2 l mod L``."""
+        self.stored_layer = [(2 * layer) % self.layers for layer in range(self.layers)]
+
     def prefix(self) -> torch.Tensor:
         V = self.num_virtual_tokens
         flat = self.encoded()  # (V, layers * 2 * H * hd)
         kv = flat.view(V, self.layers * 2, self.heads, self.head_dim).permute(1, 2, 0, 3)  # (2L, H, V, hd)
-        return kv.reshape(self.layers, 2, self.heads, V, self.head_dim)  # layer l: keys [l, 0], values [l, 1]
+        kv = kv.reshape(
+            self.layers, 2, self.heads, V, self.head_dim
+        )  # stored layer l: keys [l, 0], values [l, 1]
+        return kv[self.stored_layer]
 
     @torch.no_grad()
     def init_from_activations(self, kv: torch.Tensor) -> None:

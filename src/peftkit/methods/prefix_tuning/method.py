@@ -23,9 +23,10 @@ class PrefixTuningMethod(InputMethod):
     encoder_class: type[PrefixEncoder] = PrefixEncoder
 
     def build(self, model: nn.Module, config: PrefixTuningConfig, shared=None) -> PrefixEncoder:
-        if model_dims(model).encoder_decoder:
-            raise TargetError(
-                f"{self.name} on encoder-decoder models is not supported by peftkit; use prompt_tuning"
+        check_no_checkpointing(model, "PREFIX_TUNING")
+        if model_dims(model).encoder_decoder and config.prefix_init != "RANDOM":
+            raise ConfigError(
+                "prefix_init", f"{config.prefix_init!r} reads a decoder-only model's cache; use 'RANDOM' here"
             )
         dims = self.resolved(model, config)
         if dims["token_dim"] % dims["num_attention_heads"]:
@@ -43,13 +44,18 @@ class PrefixTuningMethod(InputMethod):
             dims["token_dim"],
             hidden,
         ).to(model.get_input_embeddings().weight.device)
+        if model_dims(model).encoder_decoder:
+            encoder.use_peft_decoder_layout()
         if config.prefix_init == "SAMPLE_VOCAB" and not config.inference_mode:
             encoder.init_from_activations(real_activations(model, config.num_virtual_tokens))
         return encoder
 
     def resolved(self, model: nn.Module, config: PrefixTuningConfig) -> dict[str, int]:
-        """Keys/values have ``kv_heads * head_dim`` channels (peft: token_dim = that under GQA)."""
+        """Keys/values have ``kv_heads * head_dim`` channels (peft: token_dim = that under GQA); on an
+        encoder-decoder the prefix is the decoder's, one per decoder layer."""
         dims, out = model_dims(model), super().resolved(model, config)
+        if dims.encoder_decoder and config.num_layers is None:
+            out["num_layers"] = getattr(model.config, "num_decoder_layers", None) or dims.layers
         out["num_attention_heads"] = config.num_attention_heads or dims.kv_heads
         if config.token_dim is None:
             out["token_dim"] = out["num_attention_heads"] * dims.head_dim
@@ -63,6 +69,17 @@ class PrefixTuningMethod(InputMethod):
         if config.prefix_projection:
             data["encoder_hidden_size"] = config.encoder_hidden_size or DEFAULT_HIDDEN
         return data
+
+
+def check_no_checkpointing(model: nn.Module, what: str) -> None:
+    """A prefix reaches attention through the cache, which gradient checkpointing switches off while
+    training: refused up front (as peft), not a shape error in the first step."""
+    if any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules()):
+        raise ConfigError(
+            "gradient_checkpointing",
+            f"{what} does not work with gradient checkpointing. The prefix goes through the KV cache, which "
+            "checkpointed training switches off; call model.gradient_checkpointing_disable() first",
+        )
 
 
 @torch.no_grad()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ...config import check_choice
 from ...errors import ConfigError
@@ -22,11 +23,13 @@ class PromptTuningConfig(PromptLearningConfig):
         prompt_tuning_init_text: e.g. ``"Classify the sentiment of this review:"``.
         tokenizer_name_or_path: the tokenizer that reads the init text (a local folder or a
             packaged model name such as ``"smollm2-135m"``).
+        tokenizer_kwargs: keyword arguments for loading that tokenizer (``"TEXT"`` only).
     """
 
     prompt_tuning_init: str = "RANDOM"
     prompt_tuning_init_text: str | None = None
     tokenizer_name_or_path: str | None = None
+    tokenizer_kwargs: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -37,4 +40,8 @@ class PromptTuningConfig(PromptLearningConfig):
             raise ConfigError(
                 "prompt_tuning_init_text",
                 "prompt_tuning_init='TEXT' needs prompt_tuning_init_text and tokenizer_name_or_path",
+            )
+        if self.tokenizer_kwargs and self.prompt_tuning_init != "TEXT":
+            raise ConfigError(
+                "tokenizer_kwargs", "tokenizer_kwargs only valid when using prompt_tuning_init='TEXT'."
             )

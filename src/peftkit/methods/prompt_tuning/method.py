@@ -33,7 +33,9 @@ class PromptTuningMethod(InputMethod):
 def text_token_ids(config: PromptTuningConfig) -> list[int]:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_name(config.tokenizer_name_or_path))
+    tokenizer = AutoTokenizer.from_pretrained(
+        resolve_name(config.tokenizer_name_or_path), **(config.tokenizer_kwargs or {})
+    )
     ids = tokenizer(config.prompt_tuning_init_text, add_special_tokens=False)["input_ids"]
     if not ids:
         raise ConfigError("prompt_tuning_init_text", "tokenizes to no tokens; give a non-empty text")
