@@ -88,7 +88,8 @@ class LoraLinear(DoraParts, LowRankLayer):
     # ---- the fused training path (methods/lora/fused.py) ----------------------------------------
     def _fusable(self, x: torch.Tensor) -> bool:
         """Training one unmerged plain LoRA adapter (no DoRA, no B bias, no PiSSA/OLoRA residual) on a
-        frozen ``nn.Linear``, every row with it (no mixed batch), no autocast."""
+        frozen ``nn.Linear``, every row with it (no mixed batch), no autocast, and no forward hook on
+        the adapter's modules (the fused path does not call them: FSDP2's unit hooks, a user's)."""
         if not (fused.enabled() and self.training and torch.is_grad_enabled()) or self.disabled:
             return False
         if len(self.active) != 1 or self.merged or self.residual or current_rows().mixed:
@@ -103,6 +104,7 @@ class LoraLinear(DoraParts, LowRankLayer):
             and x.dtype == base.weight.dtype
             and isinstance(self.lora_dropout[name], (nn.Dropout, nn.Identity))
             and not torch.is_autocast_enabled(x.device.type)
+            and not any(_hooked(m) for m in (self.lora_A[name], self.lora_B[name], self.lora_dropout[name]))
         )
 
     def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -237,3 +239,8 @@ class LoraEmbedding(DoraParts, AdapterLayer):
     def delete(self, name: str) -> None:
         super().delete(name)
         self.scaling.pop(name, None)
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether ``module`` has forward hooks (which only a call of the module runs)."""
+    return bool(module._forward_pre_hooks or module._forward_hooks)
