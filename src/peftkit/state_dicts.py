@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from .checkpoint import read_weights
 from .errors import CheckpointError, ConfigError
@@ -158,8 +159,13 @@ def embedding_tensors(model: Any, wrapped_only: bool = False) -> dict[str, torch
         inner = getattr(layer, "base", layer)  # an adapter layer: its wrapped module
         path = next((n for n, m in modules.items() if m is inner), None)
         if path is not None and getattr(inner, "weight", None) is not None:
-            out[f"{BASE_PREFIX}{path}.weight"] = inner.weight.detach()  # "...base_layer.weight" when wrapped
+            out[f"{BASE_PREFIX}{path}.weight"] = _whole(inner.weight.detach())  # "...base_layer.weight"
     return out
+
+
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor sharded over processes (FSDP2's DTensor) gathered whole; every rank must call this."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
 # ---- the base model's own tensors --------------------------------------------------------------------

@@ -37,7 +37,6 @@ from ..errors import ConfigError
 from ..quantization import quantized_layers
 from ..registry import Method, get_method
 from .distributed import World, local_like
-from .state import persistent_buffers
 
 CONTAINERS = (nn.ModuleDict, nn.ModuleList, nn.ParameterDict, nn.ParameterList)
 
@@ -220,7 +219,7 @@ def probe_forward(model: nn.Module, trial: Callable[[], torch.Tensor]) -> Probe:
     """Run ``trial()`` once, watching which modules are called and which trainable parameters the
     loss reaches in its autograd graph (no backward); RNG states and buffers are restored after."""
     watch = _CallWatch(model)
-    buffers = {k: v.clone() for k, v in persistent_buffers(model).items()}
+    buffers = {k: v.clone() for k, v in model.named_buffers()}  # module paths, as restored below
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     try:
         with torch.random.fork_rng(devices=devices), watch:
