@@ -6,8 +6,9 @@
     python bench/train_speed.py --systems peftkit,peftkit_plain_loss --workloads random_8x128 --no-rss
 
 Workloads: random token ids, batch 8 x 128 and 4 x 512 (every token real); then E2E SFT on the shared
-data (``../shared/data/e2e/train.csv``, encoded like ``examples/e2e_smollm2_lora.yaml``: chat prompt,
-loss on the response, max 128 tokens) in batches of 8 examples with their real lengths.
+data (``shared/data/e2e/train.csv`` in a folder above the checkout, or ``--e2e``; encoded like
+``examples/e2e_smollm2_lora.yaml``: chat prompt, loss on the response, max 128 tokens) in batches of 8
+examples with their real lengths.
 
 Systems (LoRA r=8, alpha 16, all-linear, dropout 0, the same A drawn for each; AdamW lr 1e-3):
   - ``peft_fp32``: peft on the fp32 base, ``model(**batch).loss``: peft's default;
@@ -54,7 +55,8 @@ import torch
 from lora_overhead import machine_info, mib_now, round_robin, rss_children, summary
 
 ROOT = Path(__file__).resolve().parent.parent
-E2E = ROOT.parent / "shared" / "data" / "e2e" / "train.csv"
+E2E_FILE = Path("shared", "data", "e2e", "train.csv")  # the shared data, beside the checkout or above it
+E2E = next((d / E2E_FILE for d in ROOT.parents if (d / E2E_FILE).is_file()), ROOT.parent / E2E_FILE)
 MODEL = "smollm2-135m"
 SYSTEMS = {
     "peft_fp32": "peft, fp32 (its default)",

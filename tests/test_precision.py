@@ -139,3 +139,29 @@ def test_compiled_training_gives_the_eager_losses(tmp_path):
         result = Trainer(model, examples(4), collate, cfg, tmp_path / str(flag), show_progress=False).train()
         losses.append([r["train_loss"] for r in result.history])
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+
+
+def test_a_training_run_takes_train_precision_and_an_evaluation_model_dtype(tmp_path, monkeypatch):
+    """train.precision is the training base's dtype; `peftkit eval` of a saved adapter keeps model.dtype."""
+    from test_cli_e2e import QA, save_llama, write_jsonl
+
+    from peftkit.pipeline import prepare
+    from peftkit.run_config import build_run_config
+
+    monkeypatch.setattr(precision, "fast_bf16", lambda device="cpu": True)
+    data = write_jsonl(tmp_path / "qa.jsonl", [{"prompt": p, "response": r} for p, r in QA])
+    run = build_run_config(
+        {
+            "model": {"name": str(save_llama(tmp_path / "llama"))},
+            "task": {"type": "sft", "max_length": 48},
+            "data": {"train": str(data), "eval_fraction": 0.25},
+            "adapter": {"method": "lora", "r": 2, "target_modules": ["q_proj"]},
+        }
+    )
+    trained = prepare(run)
+    assert trained.model.get_base_model().model.embed_tokens.weight.dtype == torch.bfloat16
+    trained.model.save_pretrained(tmp_path / "adapter")
+    evaluated = prepare(run, adapter_path=str(tmp_path / "adapter"))
+    assert evaluated.model.get_base_model().model.embed_tokens.weight.dtype == torch.float32
+    fp32 = build_run_config({**run.to_dict(), "train": {**run.train.to_dict(), "precision": "fp32"}})
+    assert prepare(fp32).model.get_base_model().model.embed_tokens.weight.dtype == torch.float32

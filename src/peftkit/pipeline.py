@@ -56,11 +56,13 @@ def model_task(spec: TaskSpec) -> str:
     return "masked-lm" if spec.type == "cloze" and spec.model_kind == "masked" else "causal-lm"
 
 
-def load_base(run: RunConfig, spec: TaskSpec):
+def load_base(run: RunConfig, spec: TaskSpec, training: bool = True):
+    """The base model and tokenizer: in the dtype ``train.precision`` picks for a run that trains, in
+    ``model.dtype`` for one that evaluates a saved adapter (``peftkit eval``, as before issue 19)."""
     from .models import load_model
 
     kwargs = {"num_labels": len(spec.label_list())} if spec.type == "classification" else {}
-    dtype = _base_dtype(run)
+    dtype = _base_dtype(run) if training else getattr(torch, run.model.dtype)
     # a new head (and the adapter drawn after it) is the same draw on every run with this seed
     torch.manual_seed(run.train.seed)
     model, tok = load_model(
@@ -143,7 +145,7 @@ def prepare(
     (a rank's GPU), when given."""
     train_rows, eval_rows = read_split(run)
     spec = run.task.with_labels(train_rows) if run.task.type == "classification" else run.task
-    base, tok = load_base(run, spec)
+    base, tok = load_base(run, spec, training=not (bare or adapter_path))
     train_examples = _encode("train", train_rows, tok, spec)
     eval_examples = _encode("eval", eval_rows, tok, spec)
     if bare:
