@@ -127,3 +127,25 @@ def test_fused_path_only_where_it_applies():
         model(input_ids=ids, adapter_names=["default", "other"])
         hook.remove()
         assert "FusedLoraLinearBackward" not in nodes
+
+
+def test_after_fused_training_merging_unmerging_and_saving_are_unchanged(tmp_path):
+    model = lora_llama(0.1)
+    ids = torch.randint(3, 96, (2, 8), generator=torch.Generator().manual_seed(3))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    with fused.fused(True):
+        for _ in range(2):
+            model(input_ids=ids, labels=ids).loss.backward()
+            opt.step()
+            opt.zero_grad()
+    model.eval()
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+        model.merge_adapter()
+        torch.testing.assert_close(model(input_ids=ids).logits, want, rtol=1e-5, atol=1e-5)
+        model.unmerge_adapter()
+        torch.testing.assert_close(model(input_ids=ids).logits, want, rtol=1e-5, atol=1e-5)
+        model.save_pretrained(tmp_path)
+        torch.manual_seed(0)
+        again = peftkit.PeftModel.from_pretrained(build("llama"), tmp_path).eval()
+        torch.testing.assert_close(again(input_ids=ids).logits, want, rtol=1e-6, atol=1e-6)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import build
+from safetensors.torch import load_file
 from scripts.train_tiny import collate, examples
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -66,6 +67,24 @@ def test_bf16_base_trains_fp32_adapters_and_is_never_cast(tmp_path):
     state = trainer.optimizer.state[trainer.params[0]]
     assert state["exp_avg"].dtype == torch.float32
     assert all(p.dtype == torch.bfloat16 for p in model.parameters() if not p.requires_grad)
+    model.save_pretrained(tmp_path / "adapter")  # the saved format is the fp32 one
+    saved = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert saved and all(t.dtype == torch.float32 for t in saved.values())
+    again = peftkit.PeftModel.from_pretrained(build("llama").to(torch.bfloat16), tmp_path / "adapter")
+    ours = {k: v for k, v in model.state_dict().items() if "lora_" in k}
+    theirs = {k: v for k, v in again.state_dict().items() if "lora_" in k}
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        torch.testing.assert_close(theirs[key], ours[key], rtol=0, atol=0)
+
+
+def test_a_precision_not_offered_is_refused_by_name():
+    from peftkit.run_config import build_run_config
+
+    with pytest.raises(ConfigError, match=r"train.precision: must be one of \['auto', 'bf16', 'fp32'\]"):
+        build_run_config({"task": {"type": "sft"}, "train": {"precision": "fp16"}})
+    with pytest.raises(ConfigError, match=r"train.lm_loss: must be one of"):
+        build_run_config({"task": {"type": "sft"}, "train": {"lm_loss": "fused"}})
 
 
 def test_trainable_base_copies_become_fp32_islands(tmp_path):
