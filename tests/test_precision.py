@@ -184,3 +184,22 @@ def test_a_training_run_takes_train_precision_and_an_evaluation_model_dtype(tmp_
     assert evaluated.model.get_base_model().model.embed_tokens.weight.dtype == torch.float32
     fp32 = build_run_config({**run.to_dict(), "train": {**run.train.to_dict(), "precision": "fp32"}})
     assert prepare(fp32).model.get_base_model().model.embed_tokens.weight.dtype == torch.float32
+
+
+def test_over_several_processes_the_loss_is_plain_and_chunked_refused():
+    from peftkit.training import speedups
+    from peftkit.training.trainer import default_loss
+
+    assert speedups.training_loss(default_loss, TrainConfig(), default_loss, several=True).mode == "plain"
+    assert speedups.training_loss(default_loss, TrainConfig(), default_loss).mode == "auto"
+    with pytest.raises(ConfigError, match="train.lm_loss: chunked is not supported in a run over several"):
+        speedups.training_loss(default_loss, TrainConfig(lm_loss="chunked"), default_loss, several=True)
+
+
+def test_a_packed_batch_keeps_its_token_count_on_another_device():
+    from peftkit.training.distributed import to_device
+
+    batch = PackingCollator(0, max_tokens=16)([{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}] * 3)
+    moved = to_device(batch, torch.device("meta"))
+    assert isinstance(moved, PackedBatch) and moved.real_tokens == 9
+    assert moved["input_ids"].device.type == "meta" and batch["input_ids"].device.type == "cpu"
