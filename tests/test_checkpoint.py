@@ -65,16 +65,27 @@ def test_metadata_records_method_and_fingerprint(tmp_path):
     assert json.loads(meta["peftkit_fingerprint"])["modules"]["model.layers.0.self_attn.q_proj"] == [32, 32]
 
 
-def test_pickled_weights_need_explicit_opt_in(tmp_path):
+def test_pickled_weights_load_through_the_weights_only_unpickler(tmp_path):
+    """peft's ``adapter_model.bin`` loads as peft loads it (torch's weights-only unpickler, which runs no
+    code from the file); a pickle holding more than tensors needs ``allow_pickle=True``; ``False``
+    refuses pickles altogether."""
     model = saved(tmp_path)
     state = model.adapter_state_dict("default")
     (tmp_path / "adapter_model.safetensors").unlink()
     torch.save(state, tmp_path / "adapter_model.bin")
-    with pytest.raises(CheckpointError, match="allow_pickle=True"):
-        PeftModel.from_pretrained(build("llama"), tmp_path)
-    loaded = PeftModel.from_pretrained(build("llama"), tmp_path, allow_pickle=True)
     inputs = make_inputs("llama")
-    torch.testing.assert_close(logits(loaded, inputs), logits(model, inputs))
+    for allow in (None, True):
+        loaded = PeftModel.from_pretrained(build("llama"), tmp_path, allow_pickle=allow)
+        torch.testing.assert_close(logits(loaded, inputs), logits(model, inputs))
+    with pytest.raises(CheckpointError, match="allow_pickle=False refuses pickles"):
+        PeftModel.from_pretrained(build("llama"), tmp_path, allow_pickle=False)
+    torch.save({**state, "note": _NotATensor()}, tmp_path / "adapter_model.bin")
+    with pytest.raises(CheckpointError, match="weights-only unpickler refuses"):
+        PeftModel.from_pretrained(build("llama"), tmp_path)
+
+
+class _NotATensor:
+    """An object torch's weights-only unpickler refuses to rebuild."""
 
 
 def test_truncated_files_give_clear_errors(tmp_path):

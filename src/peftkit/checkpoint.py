@@ -6,8 +6,10 @@ a fingerprint of the base model to the safetensors metadata, which ``peft`` igno
 loaded onto the wrong base fails loudly: the architecture, the shapes of the targeted modules, and a
 content digest of a few targeted weights (a base of the same shapes but other weights is caught too;
 ``ignore_mismatch=True`` overrides). Adapters saved before the digests existed still load: only
-their shapes are checked, with a warning saying so. Pickled ``adapter_model.bin`` files load only
-with ``allow_pickle=True``.
+their shapes are checked, with a warning saying so. A pickled ``adapter_model.bin`` (peft's
+``safe_serialization=False``) loads through torch's weights-only unpickler, which rebuilds tensors and
+plain containers and runs no code from the file; ``allow_pickle=True`` unpickles anything (trusted
+files only), ``allow_pickle=False`` refuses pickles altogether.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import pickle
 import warnings
 from pathlib import Path
 from typing import Any
@@ -188,9 +191,11 @@ def read_config(folder: str | Path) -> dict[str, Any]:
 
 
 def read_weights(
-    folder: str | Path, allow_pickle: bool = False
+    folder: str | Path, allow_pickle: bool | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and safetensors metadata of an adapter folder."""
+    """Tensors and safetensors metadata of an adapter folder. A pickled ``adapter_model.bin``: read by
+    torch's weights-only unpickler (``allow_pickle=None``, as peft and torch read it), unpickled fully
+    (``True``: can run code from the file) or refused (``False``)."""
     folder = Path(folder)
     if (folder / WEIGHTS_NAME).is_file():
         try:
@@ -202,10 +207,23 @@ def read_weights(
                 f"{folder / WEIGHTS_NAME} cannot be read ({err}); the file may be truncated"
             ) from err
     if (folder / PICKLE_NAME).is_file():
-        if not allow_pickle:
-            raise CheckpointError(
-                f"{folder} holds only pickled weights ({PICKLE_NAME}). Unpickling can run arbitrary code, so "
-                "peftkit loads it only with allow_pickle=True (CLI: --allow-pickle) for a source you trust."
-            )
-        return torch.load(folder / PICKLE_NAME, map_location="cpu", weights_only=True), {}
+        return _read_pickle(folder / PICKLE_NAME, allow_pickle), {}
     raise CheckpointError(f"no {WEIGHTS_NAME} (or {PICKLE_NAME}) in {folder}")
+
+
+def _read_pickle(path: Path, allow_pickle: bool | None) -> dict[str, torch.Tensor]:
+    if allow_pickle is False:
+        raise CheckpointError(
+            f"{path.parent} holds only pickled weights ({PICKLE_NAME}) and allow_pickle=False refuses "
+            "pickles; leave allow_pickle unset to read its tensors safely, or convert it to safetensors"
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path} holds more than tensors, which torch's weights-only unpickler refuses ({err}); "
+            "allow_pickle=True (CLI: --allow-pickle) unpickles it fully, which can run code from the "
+            "file: only for a source you trust"
+        ) from err
+    except (OSError, RuntimeError, EOFError) as err:
+        raise CheckpointError(f"{path} cannot be read ({err}); the file may be truncated") from err

@@ -481,7 +481,7 @@ class PeftModel(nn.Module):
         config: PeftConfig | None = None,
         autocast_adapter_dtype: bool = True,
         low_cpu_mem_usage: bool = False,
-        allow_pickle: bool = False,
+        allow_pickle: bool | None = None,
         ignore_mismatch: bool = False,
         **kwargs: Any,
     ) -> PeftModel:
@@ -490,8 +490,9 @@ class PeftModel(nn.Module):
 
         ``config`` replaces the saved config. An adapter saved by peftkit for another base (other
         architecture, shapes or weights) is refused unless ``ignore_mismatch=True``; a pickled
-        ``adapter_model.bin`` loads only with ``allow_pickle=True``. ``torch_device`` /
-        ``device_map={"": device}`` put the adapter there.
+        ``adapter_model.bin`` is read by torch's weights-only unpickler (no code from the file runs;
+        ``allow_pickle=True``: a full unpickle, trusted files only; ``False``: pickles refused).
+        ``torch_device`` / ``device_map={"": device}`` put the adapter there.
         When loading fails, ``model`` is left unwrapped and unchanged.
         """
         device = _load_device(kwargs)
@@ -517,7 +518,7 @@ class PeftModel(nn.Module):
         torch_device: str | None = None,
         autocast_adapter_dtype: bool = True,
         low_cpu_mem_usage: bool = False,
-        allow_pickle: bool = False,
+        allow_pickle: bool | None = None,
         ignore_mismatch: bool = False,
         **kwargs: Any,
     ) -> LoadResult:
@@ -625,7 +626,7 @@ def _read_adapter(
     model: nn.Module,
     path: str | Path,
     is_trainable: bool,
-    allow_pickle: bool,
+    allow_pickle: bool | None,
     ignore_mismatch: bool = False,
     config: PeftConfig | None = None,
 ) -> tuple[PeftConfig, dict[str, torch.Tensor]]:

@@ -73,10 +73,11 @@ def set_peft_model_state_dict(
 
 
 def load_peft_weights(
-    model_id: str | Path, device: str | None = None, allow_pickle: bool = False, **kwargs: Any
+    model_id: str | Path, device: str | None = None, allow_pickle: bool | None = None, **kwargs: Any
 ) -> dict[str, torch.Tensor]:
-    """The tensors of a saved adapter folder (safetensors; a pickled ``adapter_model.bin`` only with
-    ``allow_pickle=True``), on ``device``. Local folders only: hub options are refused by name."""
+    """The tensors of a saved adapter folder (safetensors, or a pickled ``adapter_model.bin`` read as
+    :func:`peftkit.checkpoint.read_weights` says), on ``device``. Local folders only: hub options are
+    refused by name."""
     if kwargs:
         raise ConfigError(
             sorted(kwargs)[0], "peftkit reads adapters from local folders; hub options are not taken"

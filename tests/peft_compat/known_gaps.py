@@ -15,10 +15,6 @@ LAYER_REPLICATION = "LoraConfig has no layer_replication"
 TRAINABLE_TOKENS = "LoraConfig has no trainable_token_indices"
 
 # ---- reasons: deliberate differences (README, "Differences from peft") ---------------------------------
-PICKLE_LOAD = (
-    "deliberate: a pickled adapter_model.bin loads only with allow_pickle=True (peft unpickles it without "
-    "asking)"
-)
 POSITIONS = (
     "deliberate: virtual-token rows number positions over their real tokens, so padding changes nothing; "
     "peft counts 0..T-1 whatever the mask (model.prompt_encoder.peft_forward = True gives peft's)"
@@ -53,43 +49,6 @@ KNOWN_GAPS: dict[str, str] = {
     "test_common.py::test_adding_multiple_adapters_with_bias_raises[llama-adalora]": ADALORA_R,
     "test_common.py::test_forward_shape[llama-prompt]": VIRTUAL_LOGITS,
     "test_common.py::test_forward_shape[llama-ptuning]": VIRTUAL_LOGITS,
-    "test_common.py::test_save_pretrained[gpt2-ia3-pickle]": PICKLE_LOAD,
-    "test_common.py::test_save_pretrained[gpt2-lora-pickle]": PICKLE_LOAD,
-    "test_common.py::test_save_pretrained[llama-adalora-pickle]": PICKLE_LOAD,
-    "test_common.py::test_save_pretrained[llama-dora-pickle]": PICKLE_LOAD,
-    "test_common.py::test_save_pretrained[llama-ia3-pickle]": PICKLE_LOAD,
-    "test_common.py::test_save_pretrained[llama-lora-pickle]": PICKLE_LOAD,
-    "test_common.py::test_save_pretrained[llama-prefix-pickle]": PICKLE_LOAD,
-    "test_common.py::test_save_pretrained[llama-prompt-pickle]": PICKLE_LOAD,
-    "test_common.py::test_save_pretrained[llama-ptuning-pickle]": PICKLE_LOAD,
-    "test_common.py::test_save_pretrained[mlp-adalora-pickle]": PICKLE_LOAD,
-    "test_common.py::test_save_pretrained[mlp-dora-pickle]": PICKLE_LOAD,
-    "test_common.py::test_save_pretrained[mlp-ia3-pickle]": PICKLE_LOAD,
-    "test_common.py::test_save_pretrained[mlp-lora-mts-pickle]": PICKLE_LOAD,
-    "test_common.py::test_save_pretrained[mlp-lora-pickle]": PICKLE_LOAD,
-    "test_common.py::test_save_pretrained[t5-adalora-pickle]": PICKLE_LOAD,
-    "test_common.py::test_save_pretrained[t5-ia3-pickle]": PICKLE_LOAD,
-    "test_common.py::test_save_pretrained[t5-lora-pickle]": PICKLE_LOAD,
-    "test_common.py::test_save_pretrained[t5-prefix-pickle]": PICKLE_LOAD,
-    "test_common.py::test_save_pretrained[t5-prompt-pickle]": PICKLE_LOAD,
-    "test_common.py::test_save_pretrained[t5-ptuning-pickle]": PICKLE_LOAD,
-    "test_common.py::test_save_pretrained_selected_adapters[gpt2-ia3-pickle]": PICKLE_LOAD,
-    "test_common.py::test_save_pretrained_selected_adapters[gpt2-lora-pickle]": PICKLE_LOAD,
-    "test_common.py::test_save_pretrained_selected_adapters[llama-dora-pickle]": PICKLE_LOAD,
-    "test_common.py::test_save_pretrained_selected_adapters[llama-ia3-pickle]": PICKLE_LOAD,
-    "test_common.py::test_save_pretrained_selected_adapters[llama-lora-pickle]": PICKLE_LOAD,
-    "test_common.py::test_save_pretrained_selected_adapters[llama-prefix-pickle]": PICKLE_LOAD,
-    "test_common.py::test_save_pretrained_selected_adapters[llama-prompt-pickle]": PICKLE_LOAD,
-    "test_common.py::test_save_pretrained_selected_adapters[llama-ptuning-pickle]": PICKLE_LOAD,
-    "test_common.py::test_save_pretrained_selected_adapters[mlp-dora-pickle]": PICKLE_LOAD,
-    "test_common.py::test_save_pretrained_selected_adapters[mlp-ia3-pickle]": PICKLE_LOAD,
-    "test_common.py::test_save_pretrained_selected_adapters[mlp-lora-mts-pickle]": PICKLE_LOAD,
-    "test_common.py::test_save_pretrained_selected_adapters[mlp-lora-pickle]": PICKLE_LOAD,
-    "test_common.py::test_save_pretrained_selected_adapters[t5-ia3-pickle]": PICKLE_LOAD,
-    "test_common.py::test_save_pretrained_selected_adapters[t5-lora-pickle]": PICKLE_LOAD,
-    "test_common.py::test_save_pretrained_selected_adapters[t5-prefix-pickle]": PICKLE_LOAD,
-    "test_common.py::test_save_pretrained_selected_adapters[t5-prompt-pickle]": PICKLE_LOAD,
-    "test_common.py::test_save_pretrained_selected_adapters[t5-ptuning-pickle]": PICKLE_LOAD,
     "test_custom_models.py::test_loading_model_requires_grad_set_correctly[mlp-adalora-trainable]": (
         ADALORA_TRAINABLE
     ),

@@ -14,7 +14,11 @@ def add_model_args(p: argparse.ArgumentParser, task_choices: bool = True) -> Non
         help="load the base's linear layers in 4-bit NF4 (QLoRA; needs bitsandbytes)",
     )
     p.add_argument(
-        "--allow-pickle", action="store_true", help="allow pickled adapter_model.bin (trusted sources only)"
+        "--allow-pickle",
+        action="store_true",
+        default=None,
+        help="unpickle an adapter_model.bin fully, objects beyond tensors included (can run code from the "
+        "file: trusted sources only); without it a .bin is read by torch's weights-only unpickler",
     )
     p.add_argument(
         "--ignore-base-mismatch",
@@ -51,7 +55,7 @@ def load_with_adapter(args: argparse.Namespace, task: str | None = None):
     return model, tok
 
 
-def head_size(model_name: str, adapter: str, allow_pickle: bool) -> dict[str, int]:
+def head_size(model_name: str, adapter: str, allow_pickle: bool | None) -> dict[str, int]:
     """``{"num_labels": n}`` read from the classification head saved with an adapter (its
     ``modules_to_save``): the head's output rows and bias have one entry per label, the only size there
     other than the hidden size. Empty when the adapter saves no head."""

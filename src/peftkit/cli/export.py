@@ -13,7 +13,13 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("adapter", help="adapter folder saved by peftkit")
     p.add_argument("--format", required=True, choices=["peft"], help="target format")
     p.add_argument("--out", required=True, help="output folder (must not exist)")
-    p.add_argument("--allow-pickle", action="store_true", help="allow a pickled adapter_model.bin as input")
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        default=None,
+        help="unpickle an adapter_model.bin input fully (trusted sources only); without it torch's "
+        "weights-only unpickler reads its tensors",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

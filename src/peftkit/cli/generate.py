@@ -150,7 +150,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_proxy(model: Any, expert: str, antiexpert: str, alpha: float = 1.0, allow_pickle: bool = False):
+def load_proxy(
+    model: Any, expert: str, antiexpert: str, alpha: float = 1.0, allow_pickle: bool | None = None
+):
     """Build the hook from paths (the CLI's ``--proxy-*``): ``expert`` is an adapter folder (applied
     to ``antiexpert``, one model in memory) or a full model (name or folder) beside ``antiexpert``."""
     from ..composition.proxy import proxy_tuning_hook
