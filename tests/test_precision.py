@@ -144,6 +144,10 @@ def test_training_collator_packs_sft_only():
     assert training_collator("auto", model, tasks, padded, 0, "sft") is padded
     bert = build("bert")
     assert training_collator("auto", bert, sft, padded, 0, "sft") is padded
+    prompt = peftkit.get_peft_model(build("llama"), peftkit.PromptTuningConfig(num_virtual_tokens=2))
+    assert training_collator("auto", prompt, sft, padded, 0, "sft") is padded
+    with pytest.raises(ConfigError, match="train.packing: virtual-token adapters .* not per example"):
+        training_collator("packed", prompt, sft, padded, 0, "sft")
     with pytest.raises(ConfigError, match="does not keep packed examples apart"):
         training_collator("packed", bert, sft, padded, 0, "sft")
 

@@ -220,7 +220,7 @@ def training_collator(
     ``max(ROW_TOKENS, max_length)`` tokens (``max_length``: the task's example length)."""
     if mode not in PACKING:
         raise ConfigError("train.packing", f"got {mode!r}; allowed: {list(PACKING)}")
-    reason = _not_packable(task_type, examples)
+    reason = _not_packable(task_type, examples) or _virtual_tokens(model)
     if mode == "padded" or (mode == "auto" and reason):
         return padded
     if reason:
@@ -232,6 +232,15 @@ def training_collator(
             raise
         return padded
     return PackingCollator(pad_token_id, max(ROW_TOKENS, max_length), attention, _model_dtype(model))
+
+
+def _virtual_tokens(model: nn.Module) -> str | None:
+    """Why ``model`` cannot train on packed rows (virtual tokens go before each row, not each
+    example), or None."""
+    stage = getattr(model, "prompt_encoder", None)  # a PeftModel's virtual-token stage
+    if isinstance(stage, nn.Module) and len(stage) and not getattr(stage, "disabled", False):
+        return "virtual-token adapters (prompt, prefix, P-tuning) add their tokens per row, not per example"
+    return None
 
 
 def _not_packable(kind: str | None, examples: Sequence[dict[str, Any]]) -> str | None:
