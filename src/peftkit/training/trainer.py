@@ -360,7 +360,6 @@ class Trainer:
         if "config" in saved:  # written by peftkit >= the version that checks it
             written = type(self.cfg).as_written(saved["config"])  # fields added since the checkpoint
             resume_changes({"train": written}, {"train": self.cfg.to_dict()}, where)
-        speedups.check_resumed_precision(saved.get("base_dtype"), self.model, where)
         if saved.get("world_size", 1) != self.world.size:
             raise ConfigError(
                 "--resume",
@@ -368,6 +367,7 @@ class Trainer:
                 f"{self.world.size}: the global batch and each rank's data depend on it; resume with as many "
                 "(torchrun --nnodes x --nproc-per-node)",
             )
+        speedups.check_resumed_precision(saved.get("base_dtype"), self.model, where)
         if saved.get("data", self.data_digest) != self.data_digest:
             raise ConfigError(
                 "--resume",
