@@ -47,6 +47,7 @@ def test_only_the_chosen_rows_train():
     after = model.get_input_embeddings()(ids).detach()
     assert (after != before).any(dim=-1).nonzero().flatten().tolist() == TOKENS
     torch.testing.assert_close(model.get_input_embeddings().base.weight, before, atol=0, rtol=0)  # frozen
+    torch.testing.assert_close(model.get_input_embeddings().weight, after, atol=0, rtol=0)  # as peft's
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert sum("trainable_tokens_delta" in n for n in trainable) == 1
     assert all("lora_" in n or "trainable_tokens_delta" in n for n in trainable)

@@ -7,7 +7,8 @@ stays close to the original model's); buffers are copied, and each copy's ``laye
 is its new position. The model is marked with the map it was built from: a second adapter with the same map
 uses the layers as they are, any other map is refused, and merging is refused (a copy's delta would change
 every copy sharing that weight). Saved adapters name the copies' modules as peft does
-(``layers.<position>....``); the base fingerprint names the original layers.
+(``layers.<position>....``); the base fingerprint names the original layers. ``delete_adapter`` and
+``unload`` leave the copies in place, as peft does.
 """
 
 from __future__ import annotations

@@ -47,6 +47,13 @@ class TokenRowsLayer(AdapterLayer):
         super().__init__(base_layer)
         self.originals: dict[str, torch.Tensor] = {}  # merged adapter -> the rows it overwrote
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The weight the layer runs with (peft's wrapper answers the same): the base's with the active,
+        unmerged adapters' rows written in (a new tensor), or the base's own while none applies."""
+        names = [] if self.disabled else [n for n in self.active if n not in self.merged]
+        return self.weight_with(names) if names else self.base.weight
+
     def rows(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - abstract
         """``(indices (n,), values (n, d))`` adapter ``name`` puts into the weight."""
         raise NotImplementedError
