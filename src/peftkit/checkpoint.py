@@ -80,14 +80,21 @@ def _digested(model: nn.Module, targets: list[str]) -> list[str]:
     return picked
 
 
-def fingerprint(model: nn.Module, targets: list[str]) -> dict[str, Any]:
+def fingerprint(
+    model: nn.Module, targets: list[str], located: dict[str, str] | None = None
+) -> dict[str, Any]:
     """What an adapter needs its base to be: model type, the shapes of its targeted modules and the
-    content digests of a few of them."""
+    content digests of a few of them. ``located``: where a target path of the original base is in
+    ``model`` now, when they differ (replicated layers)."""
     config = getattr(model, "config", None)
-    digests = {p: base_digest(model.get_submodule(p)) for p in _digested(model, targets)}
+
+    def at(path: str) -> nn.Module:
+        return model.get_submodule((located or {}).get(path, path))
+
+    digests = {p: base_digest(at(p)) for p in _digested(model, targets)}
     return {
         "model_type": getattr(config, "model_type", None) or type(model).__name__,
-        "modules": {t: base_weight_shape(model.get_submodule(t)) for t in targets},
+        "modules": {t: base_weight_shape(at(t)) for t in targets},
         "digests": {p: d for p, d in digests.items() if d is not None},
     }
 

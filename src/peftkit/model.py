@@ -27,6 +27,7 @@ from .figures import Heatmap
 from .layer import AdapterLayer, adapter_layers
 from .quantization import logical_numel
 from .registry import get_method, method_for_saved_config
+from .replication import original_paths
 from .rows import BASE_ROW, RowContext, Tasks, current_rows, routed
 from .state_dicts import saved_tensors
 from .targeting import iter_modules, name_matches
@@ -463,9 +464,12 @@ class PeftModel(nn.Module):
             data["inference_mode"] = True
             if data.get("task_type") is None:  # peft records the base's class for AutoPeftModel
                 data["auto_mapping"] = _auto_mapping(self.get_base_model())
+            located = original_paths(self.get_base_model(), targets)  # replicated layers: the originals
             meta = {
                 "peftkit_method": method.name,
-                "peftkit_fingerprint": json.dumps(ckpt.fingerprint(self.get_base_model(), targets)),
+                "peftkit_fingerprint": json.dumps(
+                    ckpt.fingerprint(self.get_base_model(), [*located], located)
+                ),
             }
             tensors = saved_tensors(self, name, save_embedding_layers)
             if is_main_process:

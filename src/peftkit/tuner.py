@@ -28,6 +28,7 @@ from .modules_to_save import wrap_modules_to_save
 from .nn_types import module_device
 from .quantization import dequantize_model, quantized_layers
 from .registry import get_method
+from .replication import check_mergeable
 from .rows import BASE_ROW
 from .virtual import VirtualTokenStage
 
@@ -243,6 +244,7 @@ class TunerModel(nn.Module):
         does nothing (with peft's warning); ``safe_merge`` checks the merged weights for NaNs first."""
         names = list(adapter_names or self.active_adapters)
         self.check_known(names)
+        check_mergeable(self.model)
         virtual = [n for n in names if n in self.stage]
         if virtual:
             raise AdapterError(f"adapters {virtual} add virtual tokens, which cannot be merged into weights")

@@ -4,15 +4,11 @@ Each row makes the peftkit run of that check a strict xfail. Delete a row when i
 check starts passing fails the suite (XPASS(strict)) until it is deleted. A reason names the first thing that
 fails; a check can fail again further on, for a reason of its own.
 
-Two kinds of reason: a LoRA option peftkit does not have yet, and a deliberate difference, each a row of the
-README's "Differences from peft" table, with the way to reach peft's behaviour.
+Every reason is a deliberate difference, each a row of the README's "Differences from peft" table, with the
+way to reach peft's behaviour. (A LoRA option peftkit lacks would be a reason of its own kind.)
 
 Regenerate the list of failures with ``python bench/compat_report.py --failures``.
 """
-
-# ---- reasons: LoRA options not implemented yet ---------------------------------------------------------
-LAYER_REPLICATION = "LoraConfig has no layer_replication"
-TRAINABLE_TOKENS = "LoraConfig has no trainable_token_indices"
 
 # ---- reasons: deliberate differences (README, "Differences from peft") ---------------------------------
 POSITIONS = (
@@ -54,7 +50,5 @@ KNOWN_GAPS: dict[str, str] = {
     ),
     "test_custom_models.py::test_mixed_adapter_batches_lora_with_dora_raises": DORA_MIXED,
     "test_custom_models.py::test_mixed_adapter_batches_raises[training_mode]": MIXED_TRAINING,
-    "test_decoder_models.py::test_lora_layer_replication": LAYER_REPLICATION,
-    "test_lora_guide.py::test_trainable_token_indices": TRAINABLE_TOKENS,
     "test_methods.py::test_adalora_refuses_a_second_trainable_adapter": ADALORA_TRAINABLE,
 }

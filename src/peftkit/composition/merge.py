@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import check_finite
+from ..config import PeftConfig, check_finite
 from ..errors import AdapterError, ConfigError
 from ..methods.lora import LoraConfig, LoraEmbedding, LoraLinear
 
@@ -93,23 +93,32 @@ def _check(model, adapters: list[str], weights: list[float], how: str, svd_rank:
         raise ConfigError("svd_rank", f"the svd combination needs a positive target rank, got {svd_rank!r}")
     model.check_known(adapters)
     for name in adapters:
-        config = model.peft_config[name]
-        if not isinstance(config, LoraConfig):
-            raise AdapterError(f"adapter {name!r} is {config.method}: only LoRA adapters merge here")
-        if config.residual_init:
-            raise AdapterError(
-                f"adapter {name!r} is {config.init_lora_weights} (its base holds a residual); reload it saved"
-            )
-        if config.use_dora or config.lora_bias:
-            raise AdapterError(
-                f"adapter {name!r} has {'DoRA magnitudes' if config.use_dora else 'a bias on B'}, which "
-                "weighted merging of A and B factors would drop; merge plain LoRA adapters"
-            )
-        if config.modules_to_save:
-            raise AdapterError(
-                f"adapter {name!r} trains whole modules ({config.modules_to_save}), which cannot be "
-                "weighted; merge adapters without modules_to_save"
-            )
+        _check_source(name, model.peft_config[name])
+
+
+def _check_source(name: str, config: PeftConfig) -> None:
+    """A source whose A and B factors alone describe it (plain LoRA: nothing a weighting would drop)."""
+    if not isinstance(config, LoraConfig):
+        raise AdapterError(f"adapter {name!r} is {config.method}: only LoRA adapters merge here")
+    if config.residual_init:
+        raise AdapterError(
+            f"adapter {name!r} is {config.init_lora_weights} (its base holds a residual); reload it saved"
+        )
+    if config.use_dora or config.lora_bias:
+        raise AdapterError(
+            f"adapter {name!r} has {'DoRA magnitudes' if config.use_dora else 'a bias on B'}, which "
+            "weighted merging of A and B factors would drop; merge plain LoRA adapters"
+        )
+    if config.modules_to_save:
+        raise AdapterError(
+            f"adapter {name!r} trains whole modules ({config.modules_to_save}), which cannot be "
+            "weighted; merge adapters without modules_to_save"
+        )
+    if config.trainable_token_indices is not None:
+        raise AdapterError(
+            f"adapter {name!r} trains embedding rows (trainable_token_indices), which cannot be "
+            "weighted; merge adapters without trainable_token_indices"
+        )
 
 
 def _module_plan(model, adapters: list[str], how: str) -> dict[str, list[str]]:

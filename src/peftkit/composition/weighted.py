@@ -86,7 +86,8 @@ def _check(model, adapters: list[str], weights: list[float], name: str, options:
 
 def _check_sources(model, adapters: list[str], weights: list[float], name: str) -> None:
     """What every weighted merge needs: known sources, one finite weight each, a new name, and no module
-    that two sources train whole (``modules_to_save``: there is no weighting a whole module)."""
+    that two sources train whole (``modules_to_save``: there is no weighting a whole module), and no
+    source training embedding rows (``trainable_token_indices``: rows are replaced, not summed)."""
     if not adapters:
         raise ConfigError("adapters", "name at least one adapter to merge")
     if len(weights) != len(adapters):
@@ -95,6 +96,12 @@ def _check_sources(model, adapters: list[str], weights: list[float], name: str) 
     model.check_known(adapters)
     if name in model.peft_config:
         raise AdapterError(f"adapter {name!r} exists; delete_adapter() it first or choose another name")
+    rows = [a for a in adapters if getattr(model.peft_config[a], "trainable_token_indices", None) is not None]
+    if rows:
+        raise AdapterError(
+            f"adapters {rows} train embedding rows (trainable_token_indices), which cannot be weighted; "
+            "add weighted adapters from adapters without trainable_token_indices"
+        )
     shared = [
         path
         for path, layer in model.layers()

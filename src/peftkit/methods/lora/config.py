@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from ...config import PeftConfig, check_choice, check_positive, check_positive_int, check_range, check_regex
 from ...errors import ConfigError
@@ -20,6 +21,37 @@ BIASES = ("none", "all", "lora_only")
 def is_residual_init(init: str | bool) -> bool:
     """PiSSA (``"pissa"``, ``"pissa_niter_<n>"``) and OLoRA take A and B out of the base weight."""
     return isinstance(init, str) and (init in RESIDUAL_INITS or PISSA_NITER.fullmatch(init) is not None)
+
+
+def _is_ids(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(
+        isinstance(i, int) and not isinstance(i, bool) for i in value
+    )
+
+
+def check_token_indices(value: Any) -> list[int] | dict[str, list[int]]:
+    """``trainable_token_indices``: a non-empty list of token ids, or ``{module name: list}``."""
+    if _is_ids(value) and value:
+        return list(value)
+    keys_ok = isinstance(value, dict) and value and all(isinstance(k, str) and k for k in value)
+    if keys_ok and all(_is_ids(v) and v for v in value.values()):
+        return {k: list(v) for k, v in value.items()}
+    raise ConfigError(
+        "trainable_token_indices",
+        f"expected a non-empty list of token ids or {{module name: list of token ids}}, got {value!r}",
+    )
+
+
+def check_layer_map(value: Any) -> list[list[int]]:
+    """``layer_replication``: a non-empty list of ``[start, end]`` layer ranges with ``0 <= start < end``."""
+    ok = isinstance(value, (list, tuple)) and value
+    ok = ok and all(_is_ids(pair) and len(pair) == 2 and 0 <= pair[0] < pair[1] for pair in value)
+    if not ok:
+        raise ConfigError(
+            "layer_replication",
+            f"expected a list of [start, end] layer ranges with 0 <= start < end, got {value!r}",
+        )
+    return [list(pair) for pair in value]
 
 
 def pattern_lookup(pattern: dict, module_name: str, default):
@@ -51,6 +83,12 @@ class LoraConfig(PeftConfig):
         lora_bias: give ``B`` a trained bias (zero at init); it merges into the base layer's bias.
         fan_in_fan_out: whether the adapted layers store their weight ``(d_in, d_out)`` (GPT-2's Conv1D).
             Read from each layer's type: a value that contradicts it is corrected with a warning (as peft).
+        trainable_token_indices: token ids whose rows of the input embedding train (the rest stay frozen), or
+            ``{module name: ids}`` for other embeddings; an output embedding tied to a trained one follows
+            its rows (:mod:`peftkit.trainable_tokens`).
+        layer_replication: ``[[start, end), ...]`` ranges of the base's transformer layers stacked into a
+            deeper model whose copies share base weights, each copy with its own LoRA
+            (:mod:`peftkit.replication`); such adapters cannot be merged.
     """
 
     r: int = 8
@@ -64,6 +102,8 @@ class LoraConfig(PeftConfig):
     use_dora: bool = False
     lora_bias: bool = False
     fan_in_fan_out: bool = False
+    trainable_token_indices: list[int] | dict[str, list[int]] | None = None
+    layer_replication: list[list[int]] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -82,6 +122,10 @@ class LoraConfig(PeftConfig):
             check_regex(f"alpha_pattern[{key!r}]", key)
             check_positive(f"alpha_pattern[{key!r}]", value)
         self._check_combinations()
+        if self.trainable_token_indices is not None:
+            self.trainable_token_indices = check_token_indices(self.trainable_token_indices)
+        if self.layer_replication is not None:
+            self.layer_replication = check_layer_map(self.layer_replication)
 
     def _check_combinations(self) -> None:
         """Options that exclude each other (peft refuses the first two the same way)."""

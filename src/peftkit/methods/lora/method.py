@@ -12,6 +12,8 @@ from transformers.pytorch_utils import Conv1D
 from ...layer import adapter_layers
 from ...nn_types import correct_fan_in_fan_out
 from ...registry import LayerMethod, register_method
+from ...replication import replicate_layers
+from ...trainable_tokens import wrap_trainable_tokens
 from .. import default_targets as defaults
 from ..lowrank import check_one_bias, trained_biases
 from .config import PISSA_NITER, LoraConfig, is_residual_init
@@ -24,11 +26,15 @@ class LoraMethod(LayerMethod):
     default_targets = defaults.LORA
 
     def inject(self, model: nn.Module, config: LoraConfig, adapter_name: str) -> list[str]:
+        if config.layer_replication:
+            replicate_layers(model, config.layer_replication)  # before targeting: each copy gets its LoRA
         targets = super().inject(model, config, adapter_name)
         for path in targets:
             layer = model.get_submodule(path)
             if isinstance(layer, LoraLinear):
                 correct_fan_in_fan_out(config, layer.base)
+        if config.trainable_token_indices is not None:
+            wrap_trainable_tokens(model, config, adapter_name)
         return targets
 
     def extra_trainable(self, model: nn.Module, config: LoraConfig, targets: list[str]) -> list[str]:
