@@ -123,14 +123,7 @@ class AdapterLayer(nn.Module):
         if missing:
             raise AdapterError(f"adapter {name!r}: checkpoint lacks {missing}")
         for key, target in own.items():
-            value = state[key]
-            if value.shape != target.shape:
-                raise AdapterError(
-                    f"adapter {name!r}: {key} has shape {tuple(value.shape)} in the checkpoint but "
-                    f"{tuple(target.shape)} in the model (different base model or rank?)"
-                )
-            with torch.no_grad():
-                target.copy_(value.to(target.dtype))
+            copy_saved(target, state[key], f"adapter {name!r}: {key}", "different base model or rank?")
 
     def delete(self, name: str) -> None:
         if name in self.merged:
@@ -267,3 +260,16 @@ def attach(model: nn.Module, path: str, layer_cls: type[AdapterLayer], method: s
     layer = layer_cls(current)
     setattr(parent, attr, layer)
     return layer
+
+
+def copy_saved(
+    target: torch.Tensor, value: torch.Tensor, what: str, hint: str, error: type[Exception] = AdapterError
+) -> None:
+    """Copy a checkpoint's tensor into the adapter's own, refusing another shape (``what``: which tensor;
+    ``hint``: the likely cause)."""
+    if value.shape != target.shape:
+        raise error(
+            f"{what} has shape {tuple(value.shape)} in the checkpoint but {tuple(target.shape)} here ({hint})"
+        )
+    with torch.no_grad():
+        target.copy_(value.to(target.dtype))

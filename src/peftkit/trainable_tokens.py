@@ -22,7 +22,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .errors import AdapterError, CheckpointError, ConfigError, TargetError
-from .layer import AdapterLayer, attach
+from .layer import AdapterLayer, attach, copy_saved
 from .rows import mix_rows
 from .targeting import iter_modules, name_matches
 
@@ -150,14 +150,9 @@ class TrainableTokensLayer(TokenRowsLayer):
     def load_adapter_state_dict(self, name: str, state: dict[str, torch.Tensor]) -> None:
         if SAVED_KEY not in state:
             raise CheckpointError(f"adapter {name!r}: checkpoint lacks {SAVED_KEY} ({FIELD})")
-        value, target = state[SAVED_KEY], self.trainable_tokens_delta[name]
-        if value.shape != target.shape:
-            raise CheckpointError(
-                f"adapter {name!r}: {SAVED_KEY} has shape {tuple(value.shape)} in the checkpoint but "
-                f"{tuple(target.shape)} here (a different {FIELD} or base model?)"
-            )
-        with torch.no_grad():
-            target.copy_(value.to(target.dtype))
+        hint = f"a different {FIELD} or base model?"
+        what = f"adapter {name!r}: {SAVED_KEY}"
+        copy_saved(self.trainable_tokens_delta[name], state[SAVED_KEY], what, hint, CheckpointError)
 
 
 class TiedTokensLayer(TokenRowsLayer):
