@@ -62,15 +62,22 @@ def test_fused_gradients_equal_the_unfused_layer(dropout):
         assert "FusedLoraLinearBackward" not in output_nodes(model, ids)
 
 
-def test_bf16_base_gradients_close_to_the_unfused_layer():
+def test_bf16_base_gradients_as_close_to_fp32_as_the_unfused_layer():
+    """With a bf16 base the fused path multiplies the adapter in bf16 (as autocast would; adapter
+    weights, their gradients and the optimizer stay fp32): against the same weights in fp32, its
+    loss and gradients are about as close as the unfused layer's (which adds the delta in fp32)."""
     model = lora_llama(0.1, torch.bfloat16)
+    ref = lora_llama(0.1, torch.float32)
+    ref.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
     ids = torch.randint(3, 96, (2, 8), generator=torch.Generator().manual_seed(1))
-    loss0, grads0 = loss_and_grads(model, ids, False)
-    loss1, grads1 = loss_and_grads(model, ids, True)
-    torch.testing.assert_close(loss1, loss0)
-    for a, b in zip(grads1, grads0):
-        assert a.dtype == torch.float32
-        assert (a - b).norm() <= 0.03 * b.norm()
+    loss_ref, grads_ref = loss_and_grads(ref, ids, False)
+    errors = {}
+    for flag in (False, True):
+        loss, grads = loss_and_grads(model, ids, flag)
+        torch.testing.assert_close(loss, loss_ref, rtol=2e-4, atol=0)
+        assert all(g.dtype == torch.float32 for g in grads)
+        errors[flag] = max(((a - b).norm() / b.norm()).item() for a, b in zip(grads, grads_ref))
+    assert errors[True] <= 2 * errors[False] < 0.1, errors
 
 
 def saved_bytes(layer: nn.Module, x: torch.Tensor) -> int:
@@ -103,8 +110,10 @@ def test_fused_saves_only_the_mask_and_the_rank_r_activation(dtype):
         fused_bytes = saved_bytes(layer, x)
     with fused.fused(False):
         unfused_bytes = saved_bytes(layer, x)
-    assert fused_bytes == 8 * 64 * 1 + 8 * 4 * 4  # the boolean mask and u = dropout(x) A^T in fp32
-    assert unfused_bytes >= fused_bytes + 8 * 64 * 4  # plus the dropped input in fp32
+    size = dtype.itemsize
+    # the boolean mask, u = dropout(x) A^T (N, r) and, for a bf16 base, A and B in bf16 (r x (64 + 32))
+    assert fused_bytes == 8 * 64 * 1 + 8 * 4 * size + (0 if dtype == torch.float32 else 4 * 96 * size)
+    assert unfused_bytes >= 8 * 64 * 1 + 8 * 64 * 4  # the mask and the dropped input in fp32
 
 
 def test_fused_path_only_where_it_applies():

@@ -3,6 +3,7 @@ model's own, packed SFT batches give the padded batch's loss, the fused LoRA lay
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 
 import pytest
@@ -58,12 +59,20 @@ def test_chunked_loss_and_packing_on_smollm2(lora_smollm2):
 
 
 def test_fused_lora_gradients_on_smollm2(lora_smollm2):
+    """Against the same weights in fp32, the fused layer's gradients (products in bf16, as autocast
+    would) are about as close as the unfused layer's (delta added in fp32): the bf16 base dominates."""
     model, tok, examples = lora_smollm2
     batch = Collator(tok.pad_token_id)(examples)
+    reference = copy.deepcopy(model).float()
     params = [p for p in model.parameters() if p.requires_grad]
-    grads = []
+    ref_params = [p for p in reference.parameters() if p.requires_grad]
+    with fused.fused(False):
+        want = torch.autograd.grad(reference(**batch).loss, ref_params)
+    errors = {}
     for flag in (False, True):
         with fused.fused(flag):
-            grads.append(torch.autograd.grad(model(**batch).loss, params))
-    total = sum((a - b).norm() ** 2 for a, b in zip(*grads)) ** 0.5
-    assert total <= 0.02 * sum(b.norm() ** 2 for b in grads[0]) ** 0.5
+            got = torch.autograd.grad(model(**batch).loss, params)
+        errors[flag] = (
+            sum((a - b).norm() ** 2 for a, b in zip(got, want)) / sum(b.norm() ** 2 for b in want)
+        ) ** 0.5
+    assert errors[True] <= 1.5 * errors[False] + 0.01, errors

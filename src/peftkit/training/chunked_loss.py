@@ -54,12 +54,12 @@ def chunk_tokens(vocab: int, elements: int = CHUNK_ELEMENTS) -> int:
 
 def _chunk_terms(
     h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, t: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float32 logits of one chunk and its summed loss: ``(n, V)`` and a scalar."""
-    logits = F.linear(h, weight, bias).float()  # (n, V), a new tensor even for an fp32 head
-    lse = torch.logsumexp(logits, dim=-1)  # (n,)
-    loss = (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
-    return logits.sub_(lse[:, None]), loss  # log-probabilities, in place
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One chunk's float32 log-probabilities ``(n, V)``, its targets' ``(n,)`` and its summed loss."""
+    logits = F.linear(h, weight, bias)  # (n, V) in the head's dtype, as the plain loss has them
+    logp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # one pass per row, in cache
+    target = logp.gather(1, t[:, None]).squeeze(1)  # (n,)
+    return logp, target, -target.sum()
 
 
 def _loss_only(
@@ -67,7 +67,7 @@ def _loss_only(
 ) -> torch.Tensor:
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     for s in range(0, hidden.shape[0], chunk):
-        total += _chunk_terms(hidden[s : s + chunk], weight, bias, targets[s : s + chunk])[1]
+        total += _chunk_terms(hidden[s : s + chunk], weight, bias, targets[s : s + chunk])[2]
     return total
 
 
@@ -76,7 +76,9 @@ class LinearCrossEntropy(torch.autograd.Function):
 
     ``hidden`` (N, d), ``weight`` (V, d), ``bias`` (V,) or None, ``targets`` (N,) in ``[0, V)``;
     the sum is divided by ``divisor`` (the number of target tokens for a mean). Gradients are
-    computed in forward (see the module docstring) for the inputs that need them.
+    computed in forward (see the module docstring) for the inputs that need them. ``softmax -
+    onehot`` is written straight in the head's dtype (the plain loss casts ``dL/dz`` to it the same
+    way; the target entries are computed in float32 first) and ``1 / divisor`` scales the products.
     """
 
     @staticmethod
@@ -87,20 +89,27 @@ class LinearCrossEntropy(torch.autograd.Function):
         grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if want_b else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         rows = torch.arange(min(chunk, hidden.shape[0]), device=hidden.device)
+        buffer = None
         for s in range(0, hidden.shape[0], chunk):
             h, t = hidden[s : s + chunk], targets[s : s + chunk]  # (n, d), (n,)
-            logp, loss = _chunk_terms(h, weight, bias, t)
+            logp, target, loss = _chunk_terms(h, weight, bias, t)
             total += loss
-            g = logp.exp_()  # softmax, (n, V)
-            g[rows[: len(t)], t] -= 1.0
-            g.div_(divisor)  # dL/dz of the mean loss
-            gw = g.to(weight.dtype)  # the plain loss casts dL/dz to the head's dtype the same way
+            if weight.dtype == torch.float32:
+                g = logp.exp_()  # softmax, (n, V), in place
+            else:
+                buffer = (
+                    buffer
+                    if buffer is not None
+                    else torch.empty(logp.shape, dtype=weight.dtype, device=logp.device)
+                )
+                g = torch.exp(logp, out=buffer[: len(t)])  # softmax, written in the head's dtype
+            g[rows[: len(t)], t] = (target.exp() - 1.0).to(g.dtype)  # softmax - onehot = (n/divisor) dL/dz
             if grad_h is not None:
-                torch.mm(gw, weight, out=grad_h[s : s + chunk])  # (n, d)
+                torch.mm(g, weight, out=grad_h[s : s + chunk]).div_(divisor)  # (n, d)
             if grad_w is not None:
-                grad_w.addmm_(g.T, h.float())  # (V, d), float32 accumulation
+                grad_w.addmm_(g.T.float(), h.float(), alpha=1.0 / divisor)  # (V, d), float32 accumulation
             if grad_b is not None:
-                grad_b += g.sum(0)
+                grad_b.add_(g.float().sum(0), alpha=1.0 / divisor)
         ctx.save_for_backward(*(x if x is not None else torch.empty(0) for x in (grad_h, grad_w, grad_b)))
         ctx.present = (grad_h is not None, grad_w is not None, grad_b is not None)
         ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
