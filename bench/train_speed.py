@@ -34,7 +34,8 @@ is reset after setup). Loss trajectory: each system trains ``--loss-steps`` step
 batches from the same start; the relative difference to ``peft_fp32``'s loss, largest at any step,
 mean over the steps, and between the means of the last 10 steps.
 
-Output: ``bench/results/train_speed.json`` and ``.md`` (``--quick``: ``bench/results/quick/``).
+Output: ``bench/results/train_speed.json`` and ``.md`` (``--ablate``: ``train_speed_ablate.*``;
+``--quick``: ``bench/results/quick/``).
 """
 
 from __future__ import annotations
@@ -449,7 +450,8 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    out = args.out or ROOT / "bench" / "results" / ("quick" if args.quick else "") / "train_speed.json"
+    stem = "train_speed_ablate" if args.ablate else "train_speed"  # the headline table stays as it is
+    out = args.out or ROOT / "bench" / "results" / ("quick" if args.quick else "") / f"{stem}.json"
     names = args.systems.split(",") if args.systems else list(DEFAULT_SYSTEMS)
     names += (["peftkit_compile"] if args.compile else []) + (ABLATIONS if args.ablate else [])
     unknown = sorted(set(names) - set(SYSTEMS))
