@@ -194,10 +194,22 @@ def load(dtype: torch.dtype) -> tuple[torch.nn.Module, Any]:
     return model.to(DEVICE), tok
 
 
+ADAPTERS: dict[str, Callable[[Any], Any]] = {  # --method: the adapter every system trains
+    "lora": lambda lib: lib.LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"),
+    "prefix": lambda lib: lib.PrefixTuningConfig(
+        task_type="CAUSAL_LM", num_virtual_tokens=20, prefix_projection=True, encoder_hidden_size=512
+    ),
+    "ptuning": lambda lib: lib.PromptEncoderConfig(
+        task_type="CAUSAL_LM", num_virtual_tokens=20, encoder_hidden_size=128
+    ),
+}
+METHOD = {"name": "lora"}  # set from --method
+
+
 def lora(lib: Any, model: torch.nn.Module) -> torch.nn.Module:
-    torch.manual_seed(1)  # the same LoRA A in every system
-    wrapped = lib.get_peft_model(model, lib.LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
-    return wrapped.train()
+    """``model`` with the adapter of ``--method`` (LoRA by default), the same draw in every system."""
+    torch.manual_seed(1)
+    return lib.get_peft_model(model, ADAPTERS[METHOD["name"]](lib)).train()
 
 
 def tokenizer() -> Any:
@@ -367,6 +379,7 @@ def child(args: argparse.Namespace) -> None:
 def measure_rss(args: argparse.Namespace, work_names: list[str], names: list[str]) -> dict[str, Any]:
     flags: dict[str, Any] = {k: getattr(args, k) for k in ("steps", "warmup", "loss_steps", "e2e")}
     flags["size"] = "quick" if args.quick else "full"
+    flags["method"] = args.method
     out = {}
     for w in work_names:
         print(f"peak RSS, {w}:", flush=True)
@@ -435,6 +448,9 @@ def main() -> None:
     p.add_argument("--systems", help=f"comma-separated subset of {', '.join(SYSTEMS)}")
     p.add_argument("--workloads", help="comma-separated subset of random_8x128, random_4x512, e2e_8")
     p.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
+    p.add_argument(
+        "--method", choices=list(ADAPTERS), default="lora", help="the adapter trained (default lora)"
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: batch 2 x 32, 2 steps, 3 loss steps")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--system", choices=list(SYSTEMS), help=argparse.SUPPRESS)  # internal: RSS child
@@ -442,6 +458,7 @@ def main() -> None:
     p.add_argument("--size", choices=["quick", "full"], help=argparse.SUPPRESS)
     args = p.parse_args()
     args.quick = args.quick or args.size == "quick"
+    METHOD["name"] = args.method
     if args.quick and not args.system:
         args.steps, args.warmup, args.loss_steps = 2, 1, 3
     if args.system:
@@ -450,7 +467,8 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    stem = "train_speed_ablate" if args.ablate else "train_speed"  # the headline table stays as it is
+    method = "" if args.method == "lora" else f"_{args.method}"
+    stem = f"train_speed{method}" + ("_ablate" if args.ablate else "")  # the headline table stays as it is
     out = args.out or ROOT / "bench" / "results" / ("quick" if args.quick else "") / f"{stem}.json"
     names = args.systems.split(",") if args.systems else list(DEFAULT_SYSTEMS)
     names += (["peftkit_compile"] if args.compile else []) + (ABLATIONS if args.ablate else [])
@@ -481,6 +499,7 @@ def run(args: argparse.Namespace) -> None:
         traj = loss_trajectory(e2e, [n for n in names if n in DEFAULT_SYSTEMS], args.loss_steps)
     report = dict(
         model=MODEL,
+        method=args.method,
         device=DEVICE,
         machine=info,
         config={k: str(v) for k, v in vars(args).items() if k not in ("system", "workload", "size", "out")},

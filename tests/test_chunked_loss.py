@@ -143,6 +143,26 @@ def test_lora_model_loss_and_adapter_gradients_equal_the_plain_path():
     assert_same(*grads_both_ways(model, lm_batch(), params))
 
 
+@pytest.mark.parametrize(
+    "config",
+    [
+        peftkit.PrefixTuningConfig(num_virtual_tokens=3, prefix_projection=True, encoder_hidden_size=16),
+        peftkit.PTuningV2Config(num_virtual_tokens=3),
+    ],
+    ids=["prefix-mlp", "ptuning-v2"],
+)
+def test_prefix_model_loss_and_gradients_equal_the_plain_path(config):
+    """A prefix lives in the cache, not in the sequence: the chunked loss applies and agrees."""
+    torch.manual_seed(0)
+    model = peftkit.get_peft_model(build("llama"), config).train()
+    batch = lm_batch()
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert_same(*grads_both_ways(model, batch, params))
+    loss = CausalLMLoss("chunked")
+    torch.testing.assert_close(loss(model, batch), model(**batch).loss, rtol=1e-5, atol=1e-6)
+    assert loss.decided[model] is True
+
+
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
 def test_trainable_head_gets_the_plain_gradient(kind):
     model = build(kind).train()
@@ -170,8 +190,10 @@ def test_the_trainer_loss_checks_then_chunks_and_refuses_what_it_cannot_do():
     assert auto.decided[head_lora] is False
 
     prompt = peftkit.get_peft_model(build("llama"), peftkit.PromptTuningConfig(num_virtual_tokens=2))
-    with pytest.raises(Unsupported, match="virtual-token adapters"):
+    with pytest.raises(Unsupported, match="put virtual tokens into the sequence"):
         lm_parts(prompt)
+    with pytest.raises(peftkit.AdapterError, match="logits_to_keep as a tensor"):
+        prompt(**lm_batch(), logits_to_keep=torch.arange(2))
 
 
 class ScaledLlama(transformers.LlamaForCausalLM):

@@ -178,8 +178,9 @@ def _hf_model(model: nn.Module) -> nn.Module:
 
     if isinstance(model, PeftModel):
         stage = model.prompt_encoder  # the virtual-token stage
-        if len(stage) and not stage.disabled:
-            raise Unsupported("virtual-token adapters (prompt, prefix, P-tuning) change the sequence")
+        if len(stage) and not stage.disabled and not all(a.writes_cache for a in stage.values()):
+            # a prefix (prefix tuning, P-tuning v2) lives in the cache: the hidden states stay the tokens'
+            raise Unsupported("prompt tuning and P-tuning v1 put virtual tokens into the sequence")
         return model.get_base_model()
     return model
 
