@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.peftkit-installed
 OLDEST := .venv-oldest
 OSTAMP := $(OLDEST)/.peftkit-installed
 
-.PHONY: setup run test test-fast test-oldest lint format bench bench-quick bench-lora clean
+.PHONY: setup run test test-fast test-oldest lint format bench bench-quick bench-lora bench-speed clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,10 @@ bench-quick: setup
 
 bench-lora: setup
 	$(BIN)/python bench/lora_overhead.py
+
+# training speed and memory against peft (issue 19): about 20 minutes on 2 cores
+bench-speed: setup
+	$(BIN)/python bench/train_speed.py
 
 clean:
 	rm -rf $(VENV) $(OLDEST) .pytest_cache .ruff_cache

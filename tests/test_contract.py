@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from cases import CASES
@@ -72,6 +74,17 @@ def test_only_adapter_parameters_change(case):
     report = model.parameter_report()
     assert report.trainable == sum(p.numel() for n, p in model.named_parameters() if n in trainable)
     assert 0 < report.percent < 100 and report.adapter_bytes > 0
+
+
+def test_deepcopy_is_independent(case):
+    """A deep copy computes with its own weights: training it leaves the original as it was."""
+    model = wrapped(case)
+    inputs = make_inputs(case.kind)
+    before = logits(model, inputs)
+    twin = copy.deepcopy(model)
+    train_steps(twin, inputs)
+    torch.testing.assert_close(logits(model, inputs), before, atol=0, rtol=0)
+    assert not torch.allclose(logits(twin, inputs), before, atol=1e-5), "the copy did not train"
 
 
 def test_save_load_round_trip(case, tmp_path):

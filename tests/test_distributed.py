@@ -241,7 +241,8 @@ def test_torchrun_peftkit_train_prints_the_global_batch_and_equals_one_process(r
     assert "train: global batch 4 = batch_size 2 x grad_accum 1 x 2 processes (gloo on cpu), fsdp" in stdout
     assert stdout.count("train: global batch") == 1  # rank 1 prints nothing
     one = tmp_path / "one"
-    flags = ["--train.batch_size", "4", "--output-dir", str(one), "--quiet"]
+    # under fsdp the base stays fp32 (train.precision auto); one process would pick bf16 where it is fast
+    flags = ["--train.batch_size", "4", "--train.precision", "fp32", "--output-dir", str(one), "--quiet"]
     assert main(["train", "--config", str(config), *flags]) == 0
     assert "global batch 4 = batch_size 4 x grad_accum 1 x 1 process" in capsys.readouterr().out
     two = read_metrics(out / "cli" / "metrics.jsonl")

@@ -42,6 +42,7 @@ from peftkit.methods.full import FullConfig
 from peftkit.methods.selection import SelectionConfig
 from peftkit.plotting import read_metrics
 from peftkit.training import TrainConfig, Trainer
+from peftkit.training.chunked_loss import CausalLMLoss
 
 SCRIPTS = Path(__file__).parent / "scripts"
 METHODS = {  # name -> (tiny model, config): a row per kind of method (layer, virtual tokens, sparse)
@@ -79,14 +80,17 @@ def trainer(out: Path, method: str = "lora", model=None, loss_fn=None, **cfg) ->
 
 
 def crash_at(step: int):
-    """A loss function that raises inside optimizer step ``step`` (1-based): a crashed process."""
+    """A loss function that raises inside optimizer step ``step`` (1-based): a crashed process. Until
+    then it is the trainer's default loss (the chunked causal-LM loss where it applies), so the steps
+    before the crash are the uninterrupted run's, bit for bit."""
     calls = {"n": 0}
+    default = CausalLMLoss("auto")
 
     def loss_fn(model, batch):
         calls["n"] += 1
         if calls["n"] == step:
             raise RuntimeError("crash")
-        return model(**batch).loss
+        return default(model, batch)
 
     return loss_fn
 
@@ -224,6 +228,22 @@ def test_cli_resume_refuses_changed_fields_and_records_safe_ones(tiny_run_config
     assert saved["log_every"] == 2 and saved["keep_checkpoints"] == 3
 
 
+def test_cli_resumes_a_run_yaml_written_before_the_speed_levers(tiny_run_config, tmp_path, capsys):
+    config, out = write_yaml(tmp_path / "run.yaml", tiny_run_config), tmp_path / "run"
+    old = [x for k, v in OLD_LEVERS.items() for x in (f"--train.{k}", v)]
+    assert cli(capsys, config, out, "--train.max_steps", "2", *old)[0] == 0
+    saved = yaml.safe_load((out / "run.yaml").read_text())
+    for name in OLD_LEVERS:
+        saved["train"].pop(name)
+    (out / "run.yaml").write_text(yaml.safe_dump(saved))
+    drop_saved_fields(out, *OLD_LEVERS)
+    code, err = cli(capsys, config, out, "--train.max_steps", "2", "--resume")
+    assert code == 2
+    one_line_error(err, "train.precision 'fp32' -> 'auto'")
+    code, err = cli(capsys, config, out, "--train.max_steps", "2", "--resume", *old)
+    assert code == 0, err
+
+
 def test_the_demo_refuses_resume(capsys):
     assert main(["train", "--resume", "--output-dir", "/nonexistent/demo", "--demo-steps", "1"]) == 2
     one_line_error(capsys.readouterr().err, "--resume", "demo")
@@ -249,15 +269,52 @@ def test_a_checkpoint_written_before_a_config_field_existed_resumes(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(RuntimeError, match="crash"):
         trainer(out, loss_fn=crash_at(4)).train()
+    drop_saved_fields(out, "loraplus_lr_ratio")  # as written before the field existed
+    trainer(out).train(resume=True)
+    assert steps(out)[-1] == CFG["max_steps"]
+
+
+def drop_saved_fields(out: Path, *names: str) -> None:
+    """Remove train fields (and the base dtype) from the newest checkpoint, as an older peftkit wrote it."""
     newest = max((out / "checkpoints").glob("step-*"))
     state = torch.load(newest / "state.pt", weights_only=False)
-    state["config"].pop("loraplus_lr_ratio")  # as written before the field existed
+    for name in names:
+        state["config"].pop(name)
+    state.pop("base_dtype")
     torch.save(state, newest / "state.pt")
     manifest = json.loads((newest / "complete.json").read_text())
     manifest["sha256"]["state.pt"] = hashlib.sha256((newest / "state.pt").read_bytes()).hexdigest()
     (newest / "complete.json").write_text(json.dumps(manifest))
-    trainer(out).train(resume=True)
+
+
+OLD_LEVERS = {"precision": "fp32", "lm_loss": "plain", "packing": "padded"}  # what runs did before them
+
+
+def test_a_checkpoint_written_before_the_speed_levers_resumes_only_as_it_trained(tmp_path):
+    """A checkpoint without train.precision/lm_loss/packing trained an fp32 base on the model's own loss:
+    resuming it under the new 'auto' defaults is refused by name, with the old values it resumes."""
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="crash"):
+        trainer(out, loss_fn=crash_at(4), **OLD_LEVERS).train()
+    drop_saved_fields(out, *OLD_LEVERS)
+    with pytest.raises(
+        ConfigError, match=r"train.lm_loss 'plain' -> 'auto'.*train.precision 'fp32' -> 'auto'"
+    ):
+        trainer(out).train(resume=True)
+    trainer(out, **OLD_LEVERS).train(resume=True)
     assert steps(out)[-1] == CFG["max_steps"]
+
+
+def test_resume_refuses_a_base_in_another_dtype_than_the_checkpoints(tmp_path):
+    """train.precision 'auto' decides per machine: a checkpoint keeps the base dtype it trained with."""
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="crash"):
+        trainer(out, loss_fn=crash_at(4)).train()
+    with pytest.raises(
+        ConfigError, match=r"trained with a torch.float32 base, this run loads it in torch.bfloat16"
+    ):
+        trainer(out, model=tiny().to(torch.bfloat16)).train(resume=True)
+    assert steps(out) == [1, 2, 3]
 
 
 def test_a_constant_schedule_run_can_be_extended_exactly(tmp_path):

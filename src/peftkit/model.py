@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -115,12 +116,14 @@ class PeftModel(nn.Module):
         params += [p for p in base.parameters.values() if p.kind == p.VAR_KEYWORD]
         cls_forward = type(self).forward
 
-        def forward(*args, **kwargs):
-            return cls_forward(self, *args, **kwargs)
+        def forward(model, *args, **kwargs):
+            return cls_forward(model, *args, **kwargs)
 
-        forward.__signature__ = base.replace(parameters=params)
+        me = inspect.Parameter("model", inspect.Parameter.POSITIONAL_ONLY)
+        forward.__signature__ = base.replace(parameters=[me, *params])
         forward.__doc__ = cls_forward.__doc__
-        object.__setattr__(self, "forward", forward)
+        # a bound method, not a closure over ``self``: copy.deepcopy rebinds it to the copy
+        object.__setattr__(self, "forward", types.MethodType(forward, self))
 
     def __getattr__(self, name: str) -> Any:
         try:

@@ -19,14 +19,18 @@ from torch import nn
 
 from .data import IGNORE_INDEX, Collator, TaskSpec, encode, read_records
 from .data.cloze import cloze_logits, cloze_loss, verbalizer_token_ids
+from .data.packing import training_collator
 from .errors import ConfigError
 from .evaluation import accuracy, macro_f1
 from .model import PeftModel, get_peft_model
+from .precision import base_dtype
 from .run_config import DataSection, RunConfig, build_run_config, load_yaml
 from .training import Trainer, distributed, sharding
+from .training.config import BEFORE_LEVERS
 from .training.resume import resume_changes
 from .training.run_folder import claim_run_folder
 from .training.state import require_checkpoints
+from .training.trainer import default_loss
 
 HEAD_NAMES = ("classifier", "score")
 
@@ -52,11 +56,13 @@ def model_task(spec: TaskSpec) -> str:
     return "masked-lm" if spec.type == "cloze" and spec.model_kind == "masked" else "causal-lm"
 
 
-def load_base(run: RunConfig, spec: TaskSpec):
+def load_base(run: RunConfig, spec: TaskSpec, training: bool = True):
+    """The base model and tokenizer: in the dtype ``train.precision`` picks for a run that trains, in
+    ``model.dtype`` for one that evaluates a saved adapter (``peftkit eval``, as before issue 19)."""
     from .models import load_model
 
     kwargs = {"num_labels": len(spec.label_list())} if spec.type == "classification" else {}
-    dtype = getattr(torch, run.model.dtype)
+    dtype = _base_dtype(run) if training else getattr(torch, run.model.dtype)
     # a new head (and the adapter drawn after it) is the same draw on every run with this seed
     torch.manual_seed(run.train.seed)
     model, tok = load_model(
@@ -72,6 +78,20 @@ def load_base(run: RunConfig, spec: TaskSpec):
 
         print(quant_stats(model))
     return model, tok
+
+
+def _base_dtype(run: RunConfig) -> torch.dtype:
+    """train.precision picks the base's dtype (issue 19). Under ``auto`` a 4-bit base keeps model.dtype,
+    and a run sharded by FSDP2 over several processes keeps an fp32 base (a bf16 one is refused there:
+    not checked against one process yet)."""
+    fsdp = run.train.distributed == "fsdp" and distributed.current().active
+    if fsdp and run.train.precision == "bf16":
+        raise ConfigError(
+            "train.precision", "bf16 is not supported with train.distributed: fsdp; use fp32, or ddp"
+        )
+    if (run.model.quantize or fsdp) and run.train.precision == "auto":
+        return getattr(torch, run.model.dtype)
+    return base_dtype(run.train.precision, run.model.dtype, distributed.current().device.type)
 
 
 def read_split(run: RunConfig) -> tuple[list[dict], list[dict]]:
@@ -125,7 +145,7 @@ def prepare(
     (a rank's GPU), when given."""
     train_rows, eval_rows = read_split(run)
     spec = run.task.with_labels(train_rows) if run.task.type == "classification" else run.task
-    base, tok = load_base(run, spec)
+    base, tok = load_base(run, spec, training=not (bare or adapter_path))
     train_examples = _encode("train", train_rows, tok, spec)
     eval_examples = _encode("eval", eval_rows, tok, spec)
     if bare:
@@ -247,7 +267,7 @@ def _lm(model, tok, spec, examples, collate):
         loss = total / max(count, 1)
         return {"eval_loss": loss, "eval_perplexity": float(torch.tensor(loss).exp())}
 
-    return (lambda m, b: m(**b).loss), eval_fn
+    return (default_loss if spec.type == "sft" else lambda m, b: m(**b).loss), eval_fn  # sft: train.lm_loss
 
 
 def _per_task(preds: list[int], labels: list[int], tasks: list[str]) -> dict[str, float]:
@@ -349,10 +369,28 @@ def _check_resume(saved_path: Path, run: RunConfig) -> None:
     if not saved_path.is_file():
         warnings.warn(f"--resume: no {saved_path} to compare this run's config with", stacklevel=2)
         return
-    saved = build_run_config(load_yaml(saved_path)).to_dict()
+    written = load_yaml(saved_path)
+    train = written.get("train") or {}
+    if isinstance(train, dict):  # issue 19's levers absent: the run predates them
+        written["train"] = {**BEFORE_LEVERS, **train}
+    saved = build_run_config(written).to_dict()
     accepted = resume_changes(saved, run.to_dict(), str(saved_path))
     if accepted:
         print(f"resume: accepted changes (recorded in {saved_path}): {'; '.join(accepted)}", file=sys.stderr)
+
+
+def _training_collate(run: RunConfig, p: Prepared, world: distributed.World) -> Callable[[list[dict]], dict]:
+    """train.packing (issue 19): padding-free sft batches, collated onto this rank's device."""
+    chosen = training_collator(
+        run.train.packing,
+        p.model,
+        p.train,
+        p.collate,
+        p.tokenizer.pad_token_id,
+        p.spec.type,
+        p.spec.max_length,
+    )
+    return chosen if chosen is p.collate else _onto(world.device, chosen)
 
 
 def _train_and_save(run: RunConfig, p: Prepared, out: Path, resume: bool, show_progress: bool) -> dict:
@@ -360,11 +398,12 @@ def _train_and_save(run: RunConfig, p: Prepared, out: Path, resume: bool, show_p
     print(p.model.parameter_report())
     print(global_batch(run, world))
     eval_fn = p.eval_fn if p.eval else None
+    collate = _training_collate(run, p, world)
     trainer = distributed.on_every_rank(
         lambda: Trainer(
             p.model,
             p.train,
-            p.collate,
+            collate,
             run.train,
             out,
             eval_fn=eval_fn,

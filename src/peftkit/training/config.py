@@ -5,9 +5,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from ..config import check_choice, check_fields, check_positive, check_positive_int, check_range
+from ..data.packing import PACKING
 from ..errors import ConfigError
+from ..precision import PRECISIONS
+from .chunked_loss import LM_LOSSES
 
 SCHEDULES = ("linear", "cosine", "constant")
+# issue 19's levers as runs trained before the fields existed: a saved config without them reads so
+BEFORE_LEVERS = {"precision": "fp32", "lm_loss": "plain", "packing": "padded"}
 DISTRIBUTED = ("ddp", "fsdp")
 
 
@@ -37,6 +42,16 @@ class TrainConfig:
         save_every: write a resumable checkpoint every N steps (0: never).
         keep_checkpoints: how many resumable checkpoints to keep.
         log_every: log train loss every N steps.
+        precision: dtype of the frozen base: ``bf16`` or ``fp32``, or ``auto`` (bf16 where the
+            hardware multiplies bf16 fast, measured; see :mod:`peftkit.precision`). What trains is
+            fp32 in every case.
+        lm_loss: the causal-LM loss: ``chunked`` (head and cross-entropy by chunks of tokens, never
+            all the logits), ``plain`` (the model's own), or ``auto`` (chunked where the model
+            allows it, checked against the plain loss on the first batch).
+        packing: SFT batches ``packed`` (examples end to end, attention kept within each, no
+            padding), ``padded``, or ``auto`` (packed where the model keeps examples apart).
+        compile: ``torch.compile`` the model for training (off unless asked: see the README's
+            performance notes).
         distributed: how a run started by ``torchrun`` with several processes splits the model:
             ``ddp`` (a whole copy per process, gradients averaged) or ``fsdp`` (FSDP2 shards the
             frozen base and the adapter over the processes). A single process trains the same way
@@ -63,6 +78,10 @@ class TrainConfig:
     save_every: int = 0
     keep_checkpoints: int = 2
     log_every: int = 10
+    precision: str = "auto"
+    lm_loss: str = "auto"
+    packing: str = "auto"
+    compile: bool = False
     distributed: str = "ddp"
 
     def __post_init__(self) -> None:
@@ -92,11 +111,21 @@ class TrainConfig:
             raise ConfigError(
                 "loraplus_lr_ratio", f"must be >= 0 (0: LoRA+ off), got {self.loraplus_lr_ratio!r}"
             )
+        check_choice("precision", self.precision, PRECISIONS)
+        check_choice("lm_loss", self.lm_loss, LM_LOSSES)
+        check_choice("packing", self.packing, PACKING)
         if self.max_grad_norm < 0 or self.weight_decay < 0:
             raise ConfigError("max_grad_norm", "max_grad_norm and weight_decay must be >= 0")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def as_written(cls, saved: dict) -> dict:
+        """A saved train section as the run that wrote it trained: a field added since reads as its
+        default (it was not set), except issue 19's levers, which read as what runs did before them
+        (:data:`BEFORE_LEVERS`: an fp32 base, the model's own loss, padded batches)."""
+        return {**cls().to_dict(), **{k: v for k, v in BEFORE_LEVERS.items() if k not in saved}, **saved}
 
     @classmethod
     def field_names(cls) -> list[str]:

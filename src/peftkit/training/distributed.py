@@ -16,6 +16,7 @@ that into :class:`RankLost`, which says what happened and how to resume.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -209,7 +210,9 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """A collated batch's tensors on ``device`` (anything else as it is)."""
     if device.type == "cpu":
         return batch
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    moved = copy.copy(batch)  # a dict subclass keeps its class and attributes (a packed batch's token count)
+    moved.update({k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)})
+    return moved
 
 
 # ---- a rank that is gone ----------------------------------------------------------------------------

@@ -31,9 +31,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..data.packing import batch_tokens
 from ..errors import ConfigError
 from ..optimizers import create_loraplus_optimizer
-from . import distributed, metrics, sharding
+from . import distributed, metrics, sharding, speedups
 from . import state as ckpt
 from .config import TrainConfig
 from .resume import examples_digest, resume_changes
@@ -85,9 +86,14 @@ class Trainer:
             raise ValueError("no training examples: check the data file and the task's column names")
         self.model, self.examples, self.collate, self.cfg = model, examples, collate, config
         self.out = Path(output_dir)
-        self.eval_fn, self.loss_fn, self.weigh = eval_fn, loss_fn, weigh
+        self.eval_fn, self.weigh = eval_fn, weigh
         self.world = distributed.current()
         self.show_progress = show_progress and self.world.main
+        # issue 19: the chunked loss, fp32 trainable tensors beside a bf16 base, torch.compile
+        self.loss_fn = speedups.training_loss(loss_fn, config, default_loss, self.world.active)
+        speedups.check_precision(model, config.precision)
+        if config.compile:
+            speedups.compile_model(model)
         if not any(p.requires_grad for p in model.parameters()):
             raise ValueError("the model has no trainable parameters")
         n_batches = math.ceil(len(examples) / (config.batch_size * self.world.size))
@@ -178,7 +184,7 @@ class Trainer:
                     loss = self._objective(batch, weight)
                 (loss / len(micro)).backward()
             total_loss += loss.item() / len(micro)
-            tokens += _tokens(batch, mine) if weight else 0
+            tokens += batch_tokens(batch, len(mine)) if weight else 0
         if self.world.active:  # each rank logged its weighted part of the mean: their sum is the mean
             total_loss, tokens = distributed.total([total_loss / self.world.size, tokens], self.world)
         if self.cfg.max_grad_norm:
@@ -318,6 +324,7 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "data": self.data_digest,
             "metrics_rows": self.rows_written,
+            "base_dtype": str(speedups.frozen_dtype(self.model)),  # what train.precision resolved to
         }
         if self.world.active:
             extra |= {"world_size": self.world.size, "rank_rng": distributed.gather(_rank_rng(), self.world)}
@@ -351,8 +358,7 @@ class Trainer:
     def _check_resumable(self, checkpoint: ckpt.Checkpoint) -> None:
         saved, where = checkpoint.state, f"checkpoint {checkpoint.path}"
         if "config" in saved:  # written by peftkit >= the version that checks it
-            # a field added since the checkpoint was written reads as its default (it was not set)
-            written = {**type(self.cfg)().to_dict(), **saved["config"]}
+            written = type(self.cfg).as_written(saved["config"])  # fields added since the checkpoint
             resume_changes({"train": written}, {"train": self.cfg.to_dict()}, where)
         if saved.get("world_size", 1) != self.world.size:
             raise ConfigError(
@@ -361,6 +367,7 @@ class Trainer:
                 f"{self.world.size}: the global batch and each rank's data depend on it; resume with as many "
                 "(torchrun --nnodes x --nproc-per-node)",
             )
+        speedups.check_resumed_precision(saved.get("base_dtype"), self.model, where)
         if saved.get("data", self.data_digest) != self.data_digest:
             raise ConfigError(
                 "--resume",
@@ -391,10 +398,6 @@ def _set_rank_rng(state: dict) -> None:
     ckpt.set_rng_state(state)
     if "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"])
-
-
-def _tokens(batch: dict, examples: list[dict]) -> int:
-    return int(batch["attention_mask"].sum()) if "attention_mask" in batch else len(examples)
 
 
 def _length_free(cfg: TrainConfig) -> bool:

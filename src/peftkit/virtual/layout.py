@@ -335,8 +335,13 @@ def forward_with_virtual_tokens(
     if args:
         names = list(inspect.signature(model.forward).parameters)
         kwargs = {**dict(zip(names, args)), **kwargs}
-    keep = kwargs.get("logits_to_keep") or 0  # decoding asks for the last position's logits only
-    done = transform_inputs(model, kwargs, rows, index_positions=peft_forward)
+    keep = kwargs.get("logits_to_keep") if isinstance(kwargs.get("logits_to_keep"), int) else 0
+    done = transform_inputs(model, kwargs, rows, index_positions=peft_forward)  # keep: the last positions
+    if isinstance(kwargs.get("logits_to_keep"), torch.Tensor) and done.starts is not None:
+        raise AdapterError(
+            "logits_to_keep as a tensor of positions cannot be used with virtual tokens in the sequence "
+            "(prompt tuning, P-tuning); pass an int (the last positions) or leave it out"
+        )
     if peft_forward and done.packed:
         raise AdapterError("peft_forward needs one number of virtual tokens for every row of the batch")
     if keep and done.packed:  # rows end in unused slots: gather the real positions first, then keep

@@ -16,6 +16,7 @@ from ...layer import AdapterLayer
 from ...quantization import dequantized_weight, is_quantized
 from ...rows import current_rows
 from ..lowrank import LowRankLayer
+from . import fused
 from .config import LoraConfig
 from .dora import DoraParts
 from .init import init_beside, residual_factors
@@ -79,8 +80,40 @@ class LoraLinear(DoraParts, LowRankLayer):
         self.base.weight.sub_(self.orient(s * B @ A).to(self.base.weight.dtype))
 
     def forward(self, x: torch.Tensor, *args, **kwargs):
+        if not args and not kwargs and self._fusable(x):
+            return self._fused_forward(x)
         out = super().forward(x, *args, **kwargs)
         return self._restore_principal(out, x) if self.residual else out
+
+    # ---- the fused training path (methods/lora/fused.py) ----------------------------------------
+    def _fusable(self, x: torch.Tensor) -> bool:
+        """Training one unmerged plain LoRA adapter (no DoRA, no B bias, no PiSSA/OLoRA residual) on a
+        frozen ``nn.Linear``, every row with it (no mixed batch), no autocast, and no forward hook on
+        the adapter's modules (the fused path does not call them: FSDP2's unit hooks, a user's)."""
+        if not (fused.enabled() and self.training and torch.is_grad_enabled()) or self.disabled:
+            return False
+        if len(self.active) != 1 or self.merged or self.residual or current_rows().mixed:
+            return False
+        name, base = self.active[0], self.base
+        return (
+            type(base) is nn.Linear
+            and type(self).adapter_delta is LoraLinear.adapter_delta  # a subclass's own maths stays
+            and not self.is_dora(name)
+            and self.lora_B[name].bias is None
+            and not any(p.requires_grad for p in base.parameters())
+            and x.dtype == base.weight.dtype
+            and isinstance(self.lora_dropout[name], (nn.Dropout, nn.Identity))
+            and not torch.is_autocast_enabled(x.device.type)
+            and not any(_hooked(m) for m in (self.lora_A[name], self.lora_B[name], self.lora_dropout[name]))
+        )
+
+    def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+        name = self.active[0]
+        drop = self.lora_dropout[name]
+        p = drop.p if isinstance(drop, nn.Dropout) and drop.training else 0.0
+        return fused.fused_lora_linear(
+            x, self.base.weight, self.base.bias, self.A(name), self.B(name), self.scaling[name], p
+        )
 
     def _restore_principal(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Under PiSSA/OLoRA the base keeps only the residual: rows not using the adapter get it back."""
@@ -206,3 +239,8 @@ class LoraEmbedding(DoraParts, AdapterLayer):
     def delete(self, name: str) -> None:
         super().delete(name)
         self.scaling.pop(name, None)
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether ``module`` has forward hooks (which only a call of the module runs)."""
+    return bool(module._forward_pre_hooks or module._forward_hooks)
