@@ -198,7 +198,9 @@ def test_qlora_trains_under_ddp_and_fsdp_refuses_it_by_name(runs, tmp_path):
     model = quantize_model(build("llama"))
     torch.manual_seed(0)
     model = peftkit.get_peft_model(model, METHODS["lora"]())
-    reference = one_process(model, examples(), {**TRAIN, "max_steps": 3}, tmp_path)
+    # the plain loss, as DDP takes it (lm_loss auto is plain over several processes): with a 4-bit
+    # base computing in bf16 the chunked loss rounds dL/dz in another order, and Adam turns that into ~4e-5
+    reference = one_process(model, examples(), {**TRAIN, "max_steps": 3, "lm_loss": "plain"}, tmp_path)
     assert_close(trainable(runs[0] / "qlora-ddp"), reference)
     refused = runs[1]["methods"]["qlora-fsdp"]["refused"]
     assert refused.startswith("train.distributed: fsdp cannot shard a 4-bit base") and "ddp" in refused
