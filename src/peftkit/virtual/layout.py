@@ -335,9 +335,10 @@ def forward_with_virtual_tokens(
     if args:
         names = list(inspect.signature(model.forward).parameters)
         kwargs = {**dict(zip(names, args)), **kwargs}
-    keep = kwargs.get("logits_to_keep") if isinstance(kwargs.get("logits_to_keep"), int) else 0
-    done = transform_inputs(model, kwargs, rows, index_positions=peft_forward)  # keep: the last positions
-    if isinstance(kwargs.get("logits_to_keep"), torch.Tensor) and done.starts is not None:
+    requested = kwargs.get("logits_to_keep")  # an int: the last positions; a tensor: chosen positions
+    keep = requested if isinstance(requested, int) else 0
+    done = transform_inputs(model, kwargs, rows, index_positions=peft_forward)
+    if isinstance(requested, torch.Tensor) and done.starts is not None:
         raise AdapterError(
             "logits_to_keep as a tensor of positions cannot be used with virtual tokens in the sequence "
             "(prompt tuning, P-tuning); pass an int (the last positions) or leave it out"
