@@ -2,7 +2,7 @@
 
     python bench/suite.py                 # full budget (hours on a 2-core CPU; resumable)
     python bench/suite.py --quick         # smoke budget, well under 15 minutes; labelled "quick"
-    python bench/suite.py --only lora,prompt --tasks sst2   # re-run those cells
+    python bench/suite.py --only lora,prompt --tasks sst2   # only those cells (--force: re-run)
     python bench/suite.py --jobs 2        # two cells at once, the cores split between them
     python bench/suite.py --seeds 5       # every cell over seeds 0-4: mean ± sd (min) per row
 
@@ -18,7 +18,7 @@ tokens/s over the training steps, peak RSS; each also as a ratio to the peft cel
 Inference: see ``suite_infer.py``.
 
 Each cell's result is cached as ``<results>/cells/<task>-<method>-<impl>-<hash>.json``, the hash of
-its settings; a cell already cached is not run again (``--force`` / ``--only`` re-run). Outputs:
+its settings; a cell already cached is not run again (``--force`` re-runs). Outputs:
 ``suite.json`` (machine, versions, date, every cell), ``suite.md`` and ``quality_vs_params.png``;
 a full run also rewrites the README's table between its markers. ``--quick`` writes under
 ``bench/results/quick/`` only.
@@ -179,7 +179,7 @@ def main() -> None:
     p.add_argument(
         "--quick", action="store_true", help="smoke budget (minutes); outputs under results/quick/"
     )
-    p.add_argument("--only", default="", help="comma-separated methods to (re-)run, e.g. lora,prompt")
+    p.add_argument("--only", default="", help="comma-separated methods to run, e.g. lora,prompt")
     p.add_argument("--tasks", default="", help=f"comma-separated tasks among {list(TASKS)}")
     p.add_argument("--force", action="store_true", help="re-run cells that are already cached")
     p.add_argument("--no-inference", action="store_true")
@@ -225,7 +225,7 @@ def main() -> None:
         print("inference ...", flush=True)
         run_inference(inf_path, args.quick, lock)
     if not args.report_only:
-        pending = [c for c in todo if args.force or only or not cached(c, cells_dir)]
+        pending = [c for c in todo if args.force or not cached(c, cells_dir)]
         print(f"{len(pending)} of {len(todo)} cells to run, {args.jobs} at a time", flush=True)
         run_cells(
             pending,

@@ -23,7 +23,9 @@ from typing import Any
 import torch
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-SUITE_VERSION = 1  # bump when a change to the cell runner makes cached cells stale
+# bump when a change to the cell runner or to training makes cached cells stale. 2: issue 19's
+# training defaults (bf16 base where faster, chunked loss, packed batches) and issue 21's rates
+SUITE_VERSION = 2
 
 # (task, method) -> (example config, adapter override or None). "peft" lists the methods peft has.
 SST2 = {
@@ -51,6 +53,11 @@ E2E = {
 }
 E2E_FULL = {"method": "full"}
 E2E_FULL_LR = 1.0e-4
+# issue 21: an example that leaves train.lr unset trains peftkit at its method's default rate
+# (``default_lr``, chosen by bench/tune_defaults.py on validation rows). peft has no per-method
+# rate, so its cell keeps the rate the example set before that tuning, as a peft user of the example
+# would: (task, method) -> that rate.
+PEFT_LR = {("sst2", "ptuning"): 1.0e-3, ("sst2", "prefix"): 1.0e-3, ("sst2", "adalora"): 1.0e-3}
 PEFT_HAS = {"lora", "adalora", "dora", "ia3", "qlora", "prompt", "prefix", "ptuning", "ptuning_v2"}
 LABELS = {
     "full": "full fine-tuning",
@@ -125,10 +132,14 @@ class Cell:
         }
 
 
+def load_yaml(path: Path) -> dict[str, Any]:
+    from peftkit.run_config import load_yaml as load
+
+    return load(path)
+
+
 def run_settings(task: str, method: str, budget: Budget) -> tuple[dict[str, Any], dict[str, Any]]:
     """The example's run config with the budget applied, and the evaluation settings."""
-    from peftkit.run_config import load_yaml
-
     run = load_yaml(EXAMPLES / TASKS[task][method])
     data, train = dict(run["data"]), dict(run["train"])
     train.update(eval_every=0, save_every=0, log_every=5)
@@ -147,9 +158,17 @@ def run_settings(task: str, method: str, budget: Budget) -> tuple[dict[str, Any]
         }
         if method == "full":
             run["adapter"], train["lr"] = dict(E2E_FULL), E2E_FULL_LR
+    train.setdefault("lr", default_lr(run["adapter"]))
     run.update(data=data, train=train)
     run.pop("output_dir", None)
     return run, evaluation
+
+
+def default_lr(adapter: dict[str, Any]) -> float:
+    """The rate peftkit trains ``adapter``'s method at when ``train.lr`` is unset."""
+    from peftkit.registry import config_from_dict
+
+    return config_from_dict(adapter).default_lr
 
 
 def adalora_schedule(adapter: dict[str, Any], fraction: float) -> dict[str, Any]:
@@ -180,8 +199,15 @@ def all_cells(
                     run["train"] = {**run["train"], "seed": seed}
                 cells.append(Cell(task, method, "peftkit", run, evaluation))
                 if method in PEFT_HAS:
-                    cells.append(Cell(task, method, "peft", run, evaluation))
+                    cells.append(Cell(task, method, "peft", peft_run(task, method, run), evaluation))
     return cells
+
+
+def peft_run(task: str, method: str, run: dict[str, Any]) -> dict[str, Any]:
+    """The run of ``method``'s peft cell: peftkit's, at the rate of :data:`PEFT_LR` where it has one."""
+    if (task, method) not in PEFT_LR:
+        return run
+    return {**run, "train": {**run["train"], "lr": PEFT_LR[task, method]}}
 
 
 # ---- building the model --------------------------------------------------------------------------

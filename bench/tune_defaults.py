@@ -37,16 +37,24 @@ CANDIDATES: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
             "train": {"lr": 3e-3},
             "adapter": {"encoder_reparameterization_type": "LSTM"},
         },
+        "lr 3e-2": {"train": {"lr": 3e-2}},
+        "lr 1e-2, LSTM encoder": {
+            "train": {"lr": 1e-2},
+            "adapter": {"encoder_reparameterization_type": "LSTM"},
+        },
     },
     "prefix": {
         "lr 1e-3 (old)": {"train": {"lr": 1e-3}},
         "lr 3e-4": {"train": {"lr": 3e-4}},
         "lr 3e-3": {"train": {"lr": 3e-3}},
+        "lr 1e-4": {"train": {"lr": 1e-4}},
+        "lr 5e-4": {"train": {"lr": 5e-4}},
     },
     "adalora": {
         "lr 1e-3, squared (old)": {"train": {"lr": 1e-3}},
         "lr 1e-3, peft's form": {"train": {"lr": 1e-3}, "adapter": {"orth_reg_form": "peft"}},
         "lr 2e-3, peft's form": {"train": {"lr": 2e-3}, "adapter": {"orth_reg_form": "peft"}},
+        "lr 2e-3, squared": {"train": {"lr": 2e-3}},
     },
 }
 TASK = "sst2"

@@ -79,7 +79,9 @@ def test_masked_triplet_can_come_back():
 
 
 def test_orthogonality_penalty_is_zero_for_orthonormal_factors_and_reaches_the_loss():
-    model = peftkit.get_peft_model(build("llama"), AdaLoraConfig(**KW, orth_reg_weight=0.3))
+    assert AdaLoraConfig().orth_reg_form == "peft"  # the default since issue 21's tuning
+    config = AdaLoraConfig(**KW, orth_reg_weight=0.3, orth_reg_form="squared")
+    model = peftkit.get_peft_model(build("llama"), config)
     with torch.no_grad():
         for _, layer in adalora_layers(model.get_base_model(), "default"):
             q, _ = torch.linalg.qr(torch.randn(layer.in_features, 4))

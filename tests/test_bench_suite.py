@@ -75,6 +75,21 @@ def test_cell_key_follows_its_settings():
     ]
 
 
+def test_peftkit_cells_train_at_its_default_rate_and_peft_cells_at_the_examples_old_one():
+    from peftkit.registry import config_from_dict
+
+    for (task, method), old in suite_cells.PEFT_LR.items():
+        ours, theirs = suite_cells.all_cells(suite_cells.FULL, tasks=[task], methods=[method])
+        example = suite_cells.load_yaml(suite_cells.EXAMPLES / suite_cells.TASKS[task][method])
+        assert "lr" not in example["train"], f"{method}'s example should leave train.lr to the method"
+        default = config_from_dict(example["adapter"]).default_lr
+        assert ours.run["train"]["lr"] == default and theirs.run["train"]["lr"] == old
+        assert {**ours.run, "train": {}} == {**theirs.run, "train": {}}  # nothing else differs
+    # an example that sets train.lr trains both cells at it
+    ours, theirs = suite_cells.all_cells(suite_cells.FULL, tasks=["sst2"], methods=["lora"])
+    assert ours.run["train"]["lr"] == theirs.run["train"]["lr"] == 1e-3
+
+
 def measured(quality: float, step_ms: float, trainable: int = 100) -> dict:
     return {
         "status": "ok",

@@ -136,6 +136,9 @@ class PeftConfig:
     method: ClassVar[str] = ""  # set by @register_method
     peft_type: ClassVar[PeftType | None] = None  # peft's name of the method (None: peftkit's own), ditto
     is_prompt_learning: ClassVar[bool] = False  # peft's flag: the method adds virtual tokens
+    # the peak learning rate a run takes when ``train.lr`` is unset; a method that overrides it says
+    # where its value was chosen (bench/tune_defaults.py: validation rows only, several seeds)
+    default_lr: ClassVar[float] = 2e-4
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
 
 from ..config import check_choice, check_fields, check_positive, check_positive_int, check_range
 from ..data.packing import PACKING
@@ -21,7 +22,8 @@ class TrainConfig:
     """How to train.
 
     Args:
-        lr: peak learning rate of AdamW.
+        lr: peak learning rate of AdamW; unset (None): the adapter method's default
+            (``default_lr`` of its config class, see :func:`resolve_lr`), 2e-4 where it has none.
         epochs: passes over the training data (ignored when ``max_steps`` is set).
         max_steps: optimizer steps to take; overrides ``epochs``.
         batch_size: examples per micro-batch on each process; one optimizer step sees
@@ -58,7 +60,7 @@ class TrainConfig:
             under either.
     """
 
-    lr: float = 2e-4
+    lr: float | None = None
     epochs: float = 1.0
     max_steps: int = 0
     batch_size: int = 8
@@ -86,7 +88,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        check_positive("lr", self.lr)
+        if self.lr is not None:
+            check_positive("lr", self.lr)
         if self.epochs <= 0 and self.max_steps <= 0:
             raise ConfigError("epochs", "set epochs > 0 or max_steps > 0")
         check_positive_int("batch_size", self.batch_size)
@@ -130,3 +133,29 @@ class TrainConfig:
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+
+def resolve_lr(config: TrainConfig, model: Any) -> TrainConfig:
+    """``config`` with ``lr`` set: as given, or (unset) the ``default_lr`` of the adapter the model
+    trains (its active adapters' configs; :class:`~peftkit.config.PeftConfig`'s 2e-4 for a method
+    without its own, or a model that is not peftkit's). Active adapters whose methods default
+    to different rates are refused: one optimizer step takes one peak rate."""
+    if config.lr is not None:
+        return config
+    from ..config import PeftConfig
+
+    configs = getattr(model, "peft_config", None)
+    active = getattr(model, "active_adapters", None)  # a method on transformers' models: no adapters
+    if not isinstance(configs, dict) or not isinstance(active, (list, tuple)):
+        configs, active = {}, []
+    rates = {
+        name: getattr(configs[name], "default_lr", PeftConfig.default_lr)
+        for name in active
+        if name in configs
+    }
+    if len(set(rates.values())) > 1:
+        raise ConfigError(
+            "lr",
+            f"the active adapters' methods default to different learning rates ({rates}); set train.lr",
+        )
+    return replace(config, lr=next(iter(rates.values()), PeftConfig.default_lr))

@@ -36,7 +36,7 @@ from ..errors import ConfigError
 from ..optimizers import create_loraplus_optimizer
 from . import distributed, metrics, sharding, speedups
 from . import state as ckpt
-from .config import TrainConfig
+from .config import TrainConfig, resolve_lr
 from .resume import examples_digest, resume_changes
 from .run_folder import claim_run_folder
 from .schedule import make_scheduler
@@ -84,6 +84,7 @@ class Trainer:
     ):
         if not examples:
             raise ValueError("no training examples: check the data file and the task's column names")
+        config = resolve_lr(config, model)  # train.lr unset: the adapter method's default
         self.model, self.examples, self.collate, self.cfg = model, examples, collate, config
         self.out = Path(output_dir)
         self.eval_fn, self.weigh = eval_fn, weigh

@@ -1,0 +1,75 @@
+"""``train.lr`` unset takes the adapter method's ``default_lr`` (issue 21); set, it is kept."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from conftest import build
+from scripts.train_tiny import collate, examples
+
+import peftkit
+from peftkit.config import PeftConfig
+from peftkit.errors import ConfigError
+from peftkit.registry import get_method, list_methods
+from peftkit.training import TrainConfig, Trainer
+from peftkit.training.config import resolve_lr
+
+
+def trainer_lr(model, tmp_path, **train) -> float:
+    cfg = TrainConfig(max_steps=1, batch_size=2, **train)
+    trainer = Trainer(model, examples(4), collate, cfg, tmp_path, show_progress=False)
+    assert trainer.cfg.lr == trainer.optimizer.defaults["lr"]  # what is saved is what trains
+    return trainer.optimizer.defaults["lr"]
+
+
+def lora():
+    return peftkit.get_peft_model(build("llama"), peftkit.LoraConfig(r=4, target_modules=["q_proj"]))
+
+
+def ptuning():
+    return peftkit.get_peft_model(
+        build("llama"), peftkit.PTuningConfig(num_virtual_tokens=2, encoder_hidden_size=8)
+    )
+
+
+def test_unset_lr_is_none_and_a_set_one_is_checked():
+    assert TrainConfig().lr is None
+    with pytest.raises(ConfigError, match="lr"):
+        TrainConfig(lr=0.0)
+
+
+@pytest.mark.parametrize("build_model", [lora, ptuning], ids=["lora", "ptuning"])
+def test_unset_lr_takes_the_methods_default(build_model, tmp_path):
+    model = build_model()
+    assert trainer_lr(model, tmp_path) == model.active_peft_config.default_lr
+
+
+def test_a_set_lr_wins(tmp_path):
+    assert trainer_lr(ptuning(), tmp_path, lr=5e-5) == 5e-5
+
+
+def test_a_model_without_peftkit_adapters_takes_the_base_default():
+    assert resolve_lr(TrainConfig(), build("llama")).lr == PeftConfig.default_lr
+
+
+def test_active_adapters_with_different_defaults_are_refused():
+    class Two:  # two active adapters of methods whose defaults differ
+        peft_config = {"a": peftkit.LoraConfig(r=4), "b": peftkit.PTuningConfig(num_virtual_tokens=2)}
+        active_adapters = ["a", "b"]
+
+    if peftkit.LoraConfig.default_lr == peftkit.PTuningConfig.default_lr:
+        pytest.skip("LoRA and P-tuning share a default rate")
+    with pytest.raises(ConfigError, match="set train.lr"):
+        resolve_lr(TrainConfig(), Two())
+    assert resolve_lr(TrainConfig(lr=1e-3), Two()).lr == 1e-3
+
+
+REQUIRED = {"adaptlora": {"tasks": ["a", "b"]}, "fusion": {"adapter_names": ["a", "b"]}}
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_every_methods_default_is_a_positive_rate(method):
+    config = get_method(method).config_class(**REQUIRED.get(method, {}))
+    rate = config.default_lr
+    assert isinstance(rate, float) and math.isfinite(rate) and 0 < rate < 1
