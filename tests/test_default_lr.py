@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 from conftest import build
@@ -73,3 +74,15 @@ def test_every_methods_default_is_a_positive_rate(method):
     config = get_method(method).config_class(**REQUIRED.get(method, {}))
     rate = config.default_lr
     assert isinstance(rate, float) and math.isfinite(rate) and 0 < rate < 1
+
+
+def test_resuming_after_the_default_changed_is_refused_naming_the_rate(tmp_path, monkeypatch):
+    """The rate a run resolved is in its checkpoints: a later default is a changed config, not a silent
+    switch of rate mid-run."""
+    cfg = TrainConfig(max_steps=2, batch_size=2, save_every=1)
+    Trainer(ptuning(), examples(4), collate, cfg, tmp_path, show_progress=False).train()
+    old = peftkit.PTuningConfig.default_lr
+    monkeypatch.setattr(peftkit.PTuningConfig, "default_lr", 3e-2)
+    resumed = TrainConfig(max_steps=2, batch_size=2, save_every=1)
+    with pytest.raises(ConfigError, match=re.escape(f"train.lr {old} -> 0.03")):
+        Trainer(ptuning(), examples(4), collate, resumed, tmp_path, show_progress=False).train(resume=True)
