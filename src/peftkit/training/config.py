@@ -23,7 +23,7 @@ class TrainConfig:
 
     Args:
         lr: peak learning rate of AdamW; unset (None): the adapter method's default
-            (``default_lr`` of its config class, see :func:`resolve_lr`), 2e-4 where it has none.
+            (its config's ``default_lr``, see :func:`resolve_lr`), 2e-4 where it has none.
         epochs: passes over the training data (ignored when ``max_steps`` is set).
         max_steps: optimizer steps to take; overrides ``epochs``.
         batch_size: examples per micro-batch on each process; one optimizer step sees
