@@ -5,6 +5,7 @@
     python bench/suite.py --only lora,prompt --tasks sst2   # only those cells (--force: re-run)
     python bench/suite.py --jobs 2        # two cells at once, the cores split between them
     python bench/suite.py --seeds 5       # every cell over seeds 0-4: mean ± sd (min) per row
+    python bench/suite.py --peft-python /path/venv/bin/python   # peft's prefix cells in another env
 
 Quality: SST-2 on MiniLM-L6 (``examples/sst2_minilm_*.yaml``: the shared train file, held-out split
 eval_fraction 0.05 / seed 0, 8,000 training rows, 1,000 held out, one epoch of 32) and E2E on
@@ -22,6 +23,12 @@ its settings; a cell already cached is not run again (``--force`` re-runs). Outp
 ``suite.json`` (machine, versions, date, every cell), ``suite.md`` and ``quality_vs_params.png``;
 a full run also rewrites the README's table between its markers. ``--quick`` writes under
 ``bench/results/quick/`` only.
+
+``--peft-python``: the interpreter for peft's cells of :data:`PEFT_PAST_KEY_VALUES` (prefix tuning,
+P-tuning v2). peft (0.21.2) finds a model's prefix input by the name ``past_key_values`` in its
+forward signature, which transformers 5.24 renamed ``cache``: with 5.24 peft refuses ("Model does not
+support past key values"), so those cells run in an environment with the newest transformers before
+the rename (5.23). Each cell records the versions it ran with.
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ import suite_report as report
 from lora_overhead import machine_info
 from suite_cells import FULL, QUICK, TASKS, Cell, all_cells, child_main
 
+PEFT_PAST_KEY_VALUES = {"prefix", "ptuning_v2"}
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 LOCK = "/tmp/peftkit-heavy.lock"
@@ -62,11 +71,15 @@ def thread_env(jobs: int) -> dict[str, str] | None:
 
 
 def run_in_subprocess(
-    args: list[str], lock: str | None, tail: int = 3000, env: dict[str, str] | None = None
+    args: list[str],
+    lock: str | None,
+    tail: int = 3000,
+    env: dict[str, str] | None = None,
+    python: str | None = None,
 ) -> tuple[int, str]:
     """``python bench/suite.py <args>`` in a fresh process, under ``flock lock`` when given (``-s`` for a
     lock named ``shared:<path>``: cells that may run beside each other, but not beside a timing run)."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), *args]
+    cmd = [python or sys.executable, str(Path(__file__).resolve()), *args]
     if lock:
         shared = lock.startswith("shared:")
         cmd = ["flock", *(["-s"] if shared else []), lock.removeprefix("shared:"), *cmd]
@@ -74,8 +87,17 @@ def run_in_subprocess(
     return res.returncode, (res.stdout + res.stderr)[-tail:]
 
 
+def cell_python(cell: Cell, peft_python: str | None) -> str | None:
+    """The interpreter for ``cell``: ``peft_python`` for peft's prefix cells when given, else ours."""
+    return peft_python if cell.impl == "peft" and cell.method in PEFT_PAST_KEY_VALUES else None
+
+
 def run_cell(
-    cell: Cell, cells_dir: Path, lock: str | None, env: dict[str, str] | None = None
+    cell: Cell,
+    cells_dir: Path,
+    lock: str | None,
+    env: dict[str, str] | None = None,
+    python: str | None = None,
 ) -> dict[str, Any]:
     """Run ``cell`` in its own process; a crash (e.g. killed for memory) is recorded as a failure."""
     from peftkit.io import atomic_write_json
@@ -84,7 +106,7 @@ def run_cell(
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(cell.to_dict(), f)
     t0 = time.perf_counter()
-    code, log = run_in_subprocess(["--cell", f.name, "--cell-out", str(out)], lock, env=env)
+    code, log = run_in_subprocess(["--cell", f.name, "--cell-out", str(out)], lock, env=env, python=python)
     Path(f.name).unlink()
     if code != 0 or not out.exists():
         error = f"exit {code}: {log.strip().splitlines()[-1] if log.strip() else 'no output'}"
@@ -146,7 +168,12 @@ def assemble(cells: list[Cell], cells_dir: Path, out_dir: Path, quick: bool, inf
 
 
 def run_cells(
-    pending: list[Cell], cells_dir: Path, lock: str | None, jobs: int, report: Callable[[], Any]
+    pending: list[Cell],
+    cells_dir: Path,
+    lock: str | None,
+    jobs: int,
+    report: Callable[[], Any],
+    peft_python: str | None = None,
 ) -> None:
     """Run ``pending``, ``jobs`` cells at a time (each in its own process); ``report`` after each."""
     env, report_lock = thread_env(jobs), threading.Lock()
@@ -154,7 +181,7 @@ def run_cells(
     def one(cell: Cell) -> None:
         name = f"{cell.task} {cell.method} {cell.impl} seed {cell.seed}"
         print(f"{name} ...", flush=True)
-        r = run_cell(cell, cells_dir, lock, env)
+        r = run_cell(cell, cells_dir, lock, env, cell_python(cell, peft_python))
         shown = (
             f"quality {r['quality']:.1f}, {r['step_ms_median']:.0f} ms/step"
             if r["status"] == "ok"
@@ -198,6 +225,11 @@ def main() -> None:
         help="run every cell with train.seed 0..N-1 (data order, head and "
         "adapter draws; same held-out split); the table pools them (default 1)",
     )
+    p.add_argument(
+        "--peft-python",
+        help="interpreter for peft's prefix tuning / P-tuning v2 cells (an env with transformers "
+        "5.23: peft 0.21.2's prefix tuning fails on 5.24's renamed cache argument)",
+    )
     p.add_argument("--report-only", action="store_true", help="assemble the outputs from cached cells")
     p.add_argument("--cell", type=Path, help=argparse.SUPPRESS)  # internal: one cell in this process
     p.add_argument("--cell-out", type=Path, help=argparse.SUPPRESS)
@@ -215,6 +247,8 @@ def main() -> None:
     tasks = [t for t in args.tasks.split(",") if t]
     if args.seeds < 1:
         p.error(f"--seeds must be at least 1, got {args.seeds}")
+    if args.peft_python and not Path(args.peft_python).is_file():
+        p.error(f"--peft-python {args.peft_python}: no such interpreter; give a python executable's path")
     every = all_cells(QUICK if args.quick else FULL, seeds=range(args.seeds))
     todo = [c for c in every if (not tasks or c.task in tasks) and (not only or c.method in only)]
     todo.sort(key=lambda c: c.seed)  # every row's first seed before any row's second
@@ -233,6 +267,7 @@ def main() -> None:
             lock,
             args.jobs,
             lambda: assemble(every, cells_dir, out_dir, args.quick, _cached_inference(out_dir)),
+            args.peft_python,
         )
     md = assemble(every, cells_dir, out_dir, args.quick, _cached_inference(out_dir))
     if not args.quick and report.update_readme(ROOT / "README.md", md):

@@ -237,16 +237,18 @@ def peft_config(method: str, adapter: dict[str, Any], task_type: str, total_step
 
 
 def load_peft_qlora_base(name: str, num_labels: int) -> Any:
-    """The same base through transformers + bitsandbytes (NF4, double quant, bf16 compute), head kept."""
+    """The same base through transformers + bitsandbytes (NF4, double quant, the compute dtype
+    peftkit's ``compute_dtype: auto`` picks on this machine), head kept."""
     import transformers
 
     from peftkit.models import resolve_model_path
+    from peftkit.precision import auto_dtype
 
     q = transformers.BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_compute_dtype=auto_dtype(),
         llm_int8_skip_modules=["classifier", "score", "lm_head"],
     )
     return transformers.AutoModelForSequenceClassification.from_pretrained(

@@ -179,3 +179,22 @@ def test_seeds_pool_into_mean_sd_min_and_flag_stuck_runs():
     partial = next(r for r in suite_report.rows(cells, results) if r["impl"] == "peftkit")
     assert partial["seeds"] == 2 and partial["quality"] == pytest.approx(82.0)
     assert "2 of 3 seeds" in suite_report.markdown(suite_report.rows(cells, results), "t")
+
+
+def test_only_peft_prefix_cells_take_the_other_interpreter():
+    """``--peft-python``: peft's prefix tuning / P-tuning v2 cells run in an environment where peft's
+    prefix path works (transformers 5.24 renamed the argument peft looks for); every other cell,
+    peftkit's prefix cells included, runs in ours."""
+    suite = pytest.importorskip("suite")
+    budget = suite_cells.QUICK
+    cells = suite_cells.all_cells(budget, tasks=["sst2"], methods=["lora", "prefix", "ptuning_v2"])
+    chosen = {(c.method, c.impl): suite.cell_python(c, "/other/python") for c in cells}
+    assert chosen == {
+        ("lora", "peftkit"): None,
+        ("lora", "peft"): None,
+        ("prefix", "peftkit"): None,
+        ("prefix", "peft"): "/other/python",
+        ("ptuning_v2", "peftkit"): None,
+        ("ptuning_v2", "peft"): "/other/python",
+    }
+    assert all(suite.cell_python(c, None) is None for c in cells)

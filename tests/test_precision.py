@@ -20,6 +20,7 @@ from peftkit.training.chunked_loss import CausalLMLoss
 
 
 def test_base_dtype_follows_precision_and_detection(monkeypatch):
+    monkeypatch.setattr(precision, "bf16_speedup", lambda device="cpu": 2.0)
     assert precision.base_dtype("fp32") == torch.float32
     assert precision.base_dtype("bf16") == torch.bfloat16
     assert precision.base_dtype("auto", "bfloat16") == torch.bfloat16
@@ -31,6 +32,47 @@ def test_base_dtype_follows_precision_and_detection(monkeypatch):
         precision.base_dtype("fp32", "bfloat16")
     with pytest.raises(ConfigError, match="train.precision: got 'fp16'"):
         precision.base_dtype("fp16")
+
+
+@pytest.mark.parametrize(
+    ("precision_", "model_dtype", "named"),
+    [("bf16", "float32", "train.precision: bf16"), ("auto", "bfloat16", "model.dtype: bfloat16")],
+)
+def test_a_forced_bf16_base_on_slow_bf16_hardware_is_warned_about_by_name(
+    monkeypatch, precision_, model_dtype, named
+):
+    """An AVX2-only CPU emulates bf16 matmuls ~100x slower than fp32: asking for a bf16 base there is
+    kept (the user said so) but warned about, naming the setting and what to use instead."""
+    monkeypatch.setattr(precision, "bf16_speedup", lambda device="cpu": 0.01)
+    with pytest.warns(
+        precision.SlowBf16Warning, match=f"{named} asks for bfloat16.*0.01x.*train.precision: auto"
+    ):
+        assert precision.base_dtype(precision_, model_dtype) == torch.bfloat16
+    assert precision.base_dtype("auto") == torch.float32  # auto never picks the slow dtype
+
+
+def test_auto_compute_dtype_follows_detection(monkeypatch):
+    """``model.compute_dtype: auto`` (the default) is a 4-bit base's matmul dtype, as detected."""
+    from peftkit.pipeline import _compute_dtype
+    from peftkit.run_config import build_run_config
+
+    run = build_run_config(
+        {"model": {"name": "x", "quantize": "nf4"}, "data": {"train": "x.jsonl"}, "task": {"type": "sft"}}
+    )
+    assert run.model.compute_dtype == "auto"
+    for speedup, dtype in ((0.01, torch.float32), (3.0, torch.bfloat16)):
+        monkeypatch.setattr(precision, "bf16_speedup", lambda device="cpu", s=speedup: s)
+        assert _compute_dtype(run) == dtype
+    monkeypatch.setattr(precision, "bf16_speedup", lambda device="cpu": 0.01)
+    forced = build_run_config(
+        {
+            "model": {"name": "x", "quantize": "nf4", "compute_dtype": "bfloat16"},
+            "data": {"train": "x.jsonl"},
+            "task": {"type": "sft"},
+        }
+    )
+    with pytest.warns(precision.SlowBf16Warning, match="model.compute_dtype: bfloat16"):
+        assert _compute_dtype(forced) == torch.bfloat16
 
 
 def test_speedup_is_measured_once():

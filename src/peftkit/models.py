@@ -113,14 +113,14 @@ def load_model(
     task: str = "causal-lm",
     dtype: torch.dtype = torch.float32,
     quantize: str | None = None,
-    compute_dtype: torch.dtype = torch.bfloat16,
+    compute_dtype: torch.dtype | None = None,
     **kwargs: Any,
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)``; ``task`` picks the Auto class, ``kwargs`` go to the model loader.
 
     ``quantize="nf4"`` stores every linear layer but the output head in 4-bit NF4 with double
-    quantisation (QLoRA; needs bitsandbytes), computing in ``compute_dtype``; see
-    :mod:`peftkit.quantization`.
+    quantisation (QLoRA; needs bitsandbytes), computing in ``compute_dtype`` (None: bfloat16 where
+    this CPU or GPU multiplies it fast, else float32); see :mod:`peftkit.quantization`.
     """
     if task not in TASKS:
         raise ValueError(f"Unknown task {task!r}; expected one of: {', '.join(TASKS)}")

@@ -23,7 +23,7 @@ from .data.packing import training_collator
 from .errors import ConfigError
 from .evaluation import accuracy, macro_f1
 from .model import PeftModel, get_peft_model
-from .precision import base_dtype
+from .precision import auto_dtype, base_dtype, warn_if_slow_bf16
 from .run_config import DataSection, RunConfig, build_run_config, load_yaml
 from .training import Trainer, distributed, sharding
 from .training.config import BEFORE_LEVERS
@@ -70,7 +70,7 @@ def load_base(run: RunConfig, spec: TaskSpec, training: bool = True):
         task=model_task(spec),
         dtype=dtype,
         quantize=run.model.quantize,
-        compute_dtype=getattr(torch, run.model.compute_dtype),
+        compute_dtype=_compute_dtype(run),
         **kwargs,
     )
     if run.model.quantize:
@@ -78,6 +78,16 @@ def load_base(run: RunConfig, spec: TaskSpec, training: bool = True):
 
         print(quant_stats(model))
     return model, tok
+
+
+def _compute_dtype(run: RunConfig) -> torch.dtype:
+    """A 4-bit base's matmul dtype: ``model.compute_dtype``, ``auto`` resolved on this device."""
+    device = distributed.current().device.type
+    if run.model.compute_dtype == "auto":
+        return auto_dtype(device)
+    if run.model.quantize and run.model.compute_dtype == "bfloat16":
+        warn_if_slow_bf16("model.compute_dtype: bfloat16", device)
+    return getattr(torch, run.model.compute_dtype)
 
 
 def _base_dtype(run: RunConfig) -> torch.dtype:

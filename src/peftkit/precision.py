@@ -11,13 +11,16 @@ adapter weights, their gradients and the optimizer state are fp32 (the usual mix
 Micikevicius et al. 2018, sec. 3.1, with a frozen bf16 copy in place of the fp16 working copy).
 
 ``auto`` picks bf16 when :func:`bf16_speedup` (a small matmul timed once in both dtypes) says bf16
-is at least :data:`MIN_SPEEDUP` times faster.
+is at least :data:`MIN_SPEEDUP` times faster. A CPU without bf16 instructions (AVX2 only) emulates
+bf16 matmuls at about 1/100 of fp32's speed: there ``auto`` keeps fp32, and a base forced into bf16
+(``train.precision: bf16``, ``model.dtype: bfloat16``) is warned about by name.
 """
 
 from __future__ import annotations
 
 import functools
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -27,13 +30,21 @@ from .errors import ConfigError
 
 PRECISIONS = ("auto", "bf16", "fp32")
 MIN_SPEEDUP = 1.3  # bf16 must beat fp32 by this much for auto to pick it
+SLOW_BF16 = 0.5  # below this, a forced bf16 base is warned about: training would crawl
+BUDGET_S = 0.25  # stop timing a dtype once its runs took this long (emulated bf16 on a slow CPU)
+
+
+class SlowBf16Warning(UserWarning):
+    """A bf16 base was asked for on a device whose bf16 matmuls are much slower than fp32's."""
+
+
 HALF = (torch.bfloat16, torch.float16)
 
 
 def _matmul_seconds(dtype: torch.dtype, device: str, n: int, reps: int) -> float:
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
-    best = float("inf")
+    best, spent = float("inf"), 0.0
     for _ in range(reps + 1):  # the first run builds the kernel
         if device == "cuda":
             torch.cuda.synchronize()
@@ -41,7 +52,10 @@ def _matmul_seconds(dtype: torch.dtype, device: str, n: int, reps: int) -> float
         a @ b
         if device == "cuda":
             torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
+        took = time.perf_counter() - start
+        best, spent = min(best, took), spent + took
+        if spent > BUDGET_S:  # slow enough that more runs would not change the verdict
+            break
     return best
 
 
@@ -61,6 +75,26 @@ def fast_bf16(device: str = "cpu") -> bool:
     return bf16_speedup(device) >= MIN_SPEEDUP
 
 
+def auto_dtype(device: str = "cpu") -> torch.dtype:
+    """bf16 where :func:`fast_bf16` holds on ``device``, else fp32: what ``auto`` resolves to (the
+    base's dtype under ``train.precision: auto``, a 4-bit base's compute dtype under
+    ``model.compute_dtype: auto``)."""
+    return torch.bfloat16 if fast_bf16(device) else torch.float32
+
+
+def warn_if_slow_bf16(what: str, device: str = "cpu") -> None:
+    """Warn, naming ``what`` asked for bf16, when bf16 matmuls on ``device`` run far below fp32's."""
+    speedup = bf16_speedup(device)
+    if speedup < SLOW_BF16:
+        warnings.warn(
+            f"{what} asks for bfloat16, but bf16 matmuls on this {device} run at {speedup:.2f}x the "
+            "speed of float32 (no bf16 instructions: AVX512-BF16 or AMX); training will be many times "
+            "slower. Use train.precision: auto (or fp32) and drop model.dtype/compute_dtype: bfloat16.",
+            SlowBf16Warning,
+            stacklevel=3,
+        )
+
+
 def base_dtype(precision: str, model_dtype: str = "float32", device: str = "cpu") -> torch.dtype:
     """The dtype the frozen base is loaded in.
 
@@ -76,8 +110,10 @@ def base_dtype(precision: str, model_dtype: str = "float32", device: str = "cpu"
             )
         return torch.float32
     if precision == "bf16" or model_dtype == "bfloat16":
+        what = "train.precision: bf16" if precision == "bf16" else "model.dtype: bfloat16"
+        warn_if_slow_bf16(what, device)
         return torch.bfloat16
-    return torch.bfloat16 if fast_bf16(device) else torch.float32
+    return auto_dtype(device)
 
 
 def half_trainable(model: nn.Module) -> list[str]:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .nn_types import output_head_names
+from .precision import auto_dtype
 
 QUANT_TYPES = ("nf4",)
 INSTALL_HINT = (
@@ -61,7 +62,7 @@ def quantized_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def quantize_model(
     model: nn.Module,
     quant_type: str = "nf4",
-    compute_dtype: torch.dtype = torch.bfloat16,
+    compute_dtype: torch.dtype | None = None,
     double_quant: bool = True,
     skip: tuple[str, ...] = (),
 ) -> nn.Module:
@@ -69,11 +70,13 @@ def quantize_model(
 
     The output head stays in full precision, as ``transformers`` does, since its logits are what
     the loss and decoding read. ``compute_dtype``: the dtype the 4-bit weights are dequantised to
-    for each matmul.
+    for each matmul (None: bfloat16 where the hardware multiplies it fast, else float32).
     """
     if quant_type not in QUANT_TYPES:
         raise ValueError(f"quantize={quant_type!r}: peftkit quantises to one of {list(QUANT_TYPES)}")
     require_bitsandbytes()
+    if compute_dtype is None:
+        compute_dtype = auto_dtype("cuda" if torch.cuda.is_available() else "cpu")
     keep = output_head_names(model, model.named_modules()) | set(skip)
     targets = [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear and n not in keep]
     if not targets:

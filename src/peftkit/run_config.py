@@ -32,7 +32,8 @@ QUANTIZE = ("nf4",)
 class ModelSection:
     """Args: name: packaged name, local directory or hub id. dtype: weights' dtype.
     quantize: ``nf4`` stores the base's linear layers in 4 bits (QLoRA; needs bitsandbytes), each
-    matmul computed in ``compute_dtype``.
+    matmul computed in ``compute_dtype`` (``auto``: bfloat16 where the hardware multiplies it fast,
+    else float32; see :mod:`peftkit.precision`).
     adapters: saved adapters loaded (frozen) before the run's own adapter is added, as
     ``{name: folder}``: the adapters an AdapterFusion fuses, or the lower adapters of a stack.
     """
@@ -41,12 +42,12 @@ class ModelSection:
     dtype: str = "float32"
     adapters: dict[str, str] | None = field(default_factory=dict)
     quantize: str | None = None
-    compute_dtype: str = "bfloat16"
+    compute_dtype: str = "auto"
 
     def __post_init__(self) -> None:
         check_fields(self)
         check_choice("model.dtype", self.dtype, DTYPES)
-        check_choice("model.compute_dtype", self.compute_dtype, DTYPES)
+        check_choice("model.compute_dtype", self.compute_dtype, ("auto", *DTYPES))
         if self.quantize is not None:
             check_choice("model.quantize", self.quantize, QUANTIZE)
         self.adapters = {} if self.adapters is None else self.adapters
