@@ -154,6 +154,13 @@ def test_trainer_refuses_a_base_in_another_precision(tmp_path):
         Trainer(model, examples(4), collate, cfg, tmp_path, show_progress=False)
 
 
+def test_trainer_warns_of_bf16_autocast_on_slow_bf16_hardware(tmp_path, monkeypatch):
+    monkeypatch.setattr(precision, "bf16_speedup", lambda device="cpu": 0.01)
+    model = peftkit.get_peft_model(build("llama"), peftkit.LoraConfig(r=2, target_modules=["q_proj"]))
+    with pytest.warns(precision.SlowBf16Warning, match=r"train.bf16 \(autocast\) asks for bfloat16"):
+        Trainer(model, examples(4), collate, TrainConfig(max_steps=1, bf16=True), tmp_path)
+
+
 def test_trainer_picks_the_loss_and_counts_packed_tokens(tmp_path):
     model = peftkit.get_peft_model(build("llama"), peftkit.LoraConfig(r=2, target_modules=["q_proj"]))
     trainer = Trainer(model, examples(4), collate, TrainConfig(max_steps=1, batch_size=2), tmp_path)

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from ..data.packing import batch_tokens
 from ..errors import ConfigError
 from ..optimizers import create_loraplus_optimizer
+from ..precision import warn_if_slow_bf16
 from . import distributed, metrics, sharding, speedups
 from . import state as ckpt
 from .config import TrainConfig, resolve_lr
@@ -93,6 +94,8 @@ class Trainer:
         # issue 19: the chunked loss, fp32 trainable tensors beside a bf16 base, torch.compile
         self.loss_fn = speedups.training_loss(loss_fn, config, default_loss, self.world.active)
         speedups.check_precision(model, config.precision)
+        if config.bf16:  # autocast to bf16 on hardware that emulates it would crawl: say so
+            warn_if_slow_bf16("train.bf16 (autocast)", self.world.device.type)
         if config.compile:
             speedups.compile_model(model)
         if not any(p.requires_grad for p in model.parameters()):
