@@ -206,8 +206,13 @@ def machine_info() -> dict[str, Any]:
     cpu = next(
         (ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), platform.processor()
     )
+    from peftkit.precision import bf16_speedup
+
     return {
         "cpu": cpu,
+        # what train.precision: auto decides from (a bf16 base where bf16 matmuls are fast)
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "bf16_matmul_speedup": round(bf16_speedup(), 3),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
