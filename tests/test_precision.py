@@ -75,6 +75,16 @@ def test_auto_compute_dtype_follows_detection(monkeypatch):
         assert _compute_dtype(forced) == torch.bfloat16
 
 
+def test_the_speed_probe_leaves_the_global_rng_alone():
+    """The probe runs once per process, wherever the first caller is (possibly after a seed was set for
+    the adapters' draws): it must not consume the global generator, or runs would differ by process."""
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    precision._matmul_seconds(torch.float32, "cpu", 16, 1)
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_speedup_is_measured_once():
     first = precision.bf16_speedup("cpu")
     assert first > 0 and precision.bf16_speedup("cpu") == first

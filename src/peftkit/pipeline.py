@@ -70,7 +70,7 @@ def load_base(run: RunConfig, spec: TaskSpec, training: bool = True):
         task=model_task(spec),
         dtype=dtype,
         quantize=run.model.quantize,
-        compute_dtype=_compute_dtype(run),
+        compute_dtype=_compute_dtype(run) if run.model.quantize else None,
         **kwargs,
     )
     if run.model.quantize:

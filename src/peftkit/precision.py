@@ -42,8 +42,9 @@ HALF = (torch.bfloat16, torch.float16)
 
 
 def _matmul_seconds(dtype: torch.dtype, device: str, n: int, reps: int) -> float:
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
+    g = torch.Generator(device).manual_seed(0)  # its own generator: the probe never moves the global RNG
+    a = torch.randn(n, n, device=device, generator=g).to(dtype)
+    b = torch.randn(n, n, device=device, generator=g).to(dtype)
     best, spent = float("inf"), 0.0
     for _ in range(reps + 1):  # the first run builds the kernel
         if device == "cuda":
