@@ -85,7 +85,7 @@ def _compute_dtype(run: RunConfig) -> torch.dtype:
     device = distributed.current().device.type
     if run.model.compute_dtype == "auto":
         return auto_dtype(device)
-    if run.model.quantize and run.model.compute_dtype == "bfloat16":
+    if run.model.compute_dtype == "bfloat16":
         warn_if_slow_bf16("model.compute_dtype: bfloat16", device)
     return getattr(torch, run.model.compute_dtype)
 

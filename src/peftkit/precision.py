@@ -32,13 +32,11 @@ PRECISIONS = ("auto", "bf16", "fp32")
 MIN_SPEEDUP = 1.3  # bf16 must beat fp32 by this much for auto to pick it
 SLOW_BF16 = 0.5  # below this, a forced bf16 base is warned about: training would crawl
 BUDGET_S = 0.25  # stop timing a dtype once its runs took this long (emulated bf16 on a slow CPU)
+HALF = (torch.bfloat16, torch.float16)
 
 
 class SlowBf16Warning(UserWarning):
     """A bf16 base was asked for on a device whose bf16 matmuls are much slower than fp32's."""
-
-
-HALF = (torch.bfloat16, torch.float16)
 
 
 def _matmul_seconds(dtype: torch.dtype, device: str, n: int, reps: int) -> float:
