@@ -198,3 +198,28 @@ def test_only_peft_prefix_cells_take_the_other_interpreter():
         ("ptuning_v2", "peft"): "/other/python",
     }
     assert all(suite.cell_python(c, None) is None for c in cells)
+
+
+def test_tuning_runs_only_the_named_candidates_and_chooses_among_the_most_seeded():
+    tune = pytest.importorskip("tune_defaults")
+    grid = tune.cells(["ptuning"], range(2), quick=True, only={"lr 5e-3"})
+    assert list(grid) == [("ptuning", "lr 5e-3")]
+    assert [c.run["train"]["lr"] for c in grid["ptuning", "lr 5e-3"]] == [5e-3, 5e-3]
+    assert {c.run["data"]["holdout"] for c in grid["ptuning", "lr 5e-3"]} == {"validation"}
+
+    def row(qualities: list[float], stuck: int = 0) -> dict:
+        return tune.summary(
+            [
+                {
+                    "status": "ok",
+                    "quality": q,
+                    "metrics": {"eval_top_prediction_share": 1.0 if i < stuck else 0.6},
+                }
+                for i, q in enumerate(qualities)
+            ]
+        )
+
+    table = {"ptuning": {"a": row([90.0, 90.0, 90.0]), "b": row([80.0] * 5), "c": row([85.0] * 5, stuck=1)}}
+    md = tune.markdown(table, 5)
+    assert "| ptuning | b * | 5 |" in md  # a has the best mean but fewer seeds; c has a stuck seed
+    assert "| ptuning | a | 3 |" in md and "| ptuning | c | 5 |" in md
