@@ -58,6 +58,8 @@ E2E_FULL_LR = 1.0e-4
 # rate, so its cell keeps the rate the example set before that tuning, as a peft user of the example
 # would: (task, method) -> that rate.
 PEFT_LR = {("sst2", "ptuning"): 1.0e-3, ("sst2", "prefix"): 1.0e-3, ("sst2", "adalora"): 1.0e-3}
+# ... and the warm-up the example set before, where tuning changed the example's (P-tuning: 0.2)
+PEFT_WARMUP = {("sst2", "ptuning"): 0.06}
 PEFT_HAS = {"lora", "adalora", "dora", "ia3", "qlora", "prompt", "prefix", "ptuning", "ptuning_v2"}
 LABELS = {
     "full": "full fine-tuning",
@@ -159,6 +161,9 @@ def run_settings(task: str, method: str, budget: Budget) -> tuple[dict[str, Any]
         if method == "full":
             run["adapter"], train["lr"] = dict(E2E_FULL), E2E_FULL_LR
     train.setdefault("lr", default_lr(run["adapter"]))
+    warmup = default_warmup(run["adapter"])  # written only where the method has one: cell keys stay
+    if warmup and "warmup_ratio" not in train and not train.get("warmup_steps"):
+        train["warmup_ratio"] = warmup
     run.update(data=data, train=train)
     run.pop("output_dir", None)
     return run, evaluation
@@ -169,6 +174,13 @@ def default_lr(adapter: dict[str, Any]) -> float:
     from peftkit.registry import config_from_dict
 
     return config_from_dict(adapter).default_lr
+
+
+def default_warmup(adapter: dict[str, Any]) -> float:
+    """The warm-up ratio peftkit trains ``adapter``'s method with when the example sets none."""
+    from peftkit.registry import config_from_dict
+
+    return config_from_dict(adapter).default_warmup_ratio
 
 
 def adalora_schedule(adapter: dict[str, Any], fraction: float) -> dict[str, Any]:
@@ -204,10 +216,14 @@ def all_cells(
 
 
 def peft_run(task: str, method: str, run: dict[str, Any]) -> dict[str, Any]:
-    """The run of ``method``'s peft cell: peftkit's, at the rate of :data:`PEFT_LR` where it has one."""
-    if (task, method) not in PEFT_LR:
-        return run
-    return {**run, "train": {**run["train"], "lr": PEFT_LR[task, method]}}
+    """The run of ``method``'s peft cell: peftkit's, at the rate of :data:`PEFT_LR` and the warm-up of
+    :data:`PEFT_WARMUP` where they have one."""
+    train = dict(run["train"])
+    if (task, method) in PEFT_LR:
+        train["lr"] = PEFT_LR[task, method]
+    if (task, method) in PEFT_WARMUP:
+        train["warmup_ratio"] = PEFT_WARMUP[task, method]
+    return {**run, "train": train}
 
 
 # ---- building the model --------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from suite_cells import LABELS, TASK_LABELS, Cell
 README_START = "<!-- bench-suite:start -->"
 README_END = "<!-- bench-suite:end -->"
 RATIO_FIELDS = ("trainable", "adapter_bytes", "step_ms_median", "peak_rss_mib", "tokens_per_s")
+TIMED = ("step_ms_median", "tokens_per_s")  # compared only between cells of the same machine
 
 
 STUCK_SHARE = 0.99  # a run whose most frequent prediction takes this share of the held-out set is stuck
@@ -36,7 +37,10 @@ def rows(cells: list[Cell], results: dict[str, dict[str, Any]]) -> list[dict[str
         ref = by_id.get((task, method, "peft"))
         row = {"task": task, "method": method, "impl": impl, **res}
         if impl == "peftkit" and res.get("status") == "ok" and ref and ref.get("status") == "ok":
-            row["ratio_to_peft"] = {f: res[f] / ref[f] for f in RATIO_FIELDS if ref.get(f)}
+            same = res["machines"] == ref["machines"]
+            fields = [f for f in RATIO_FIELDS if same or f not in TIMED]
+            row["ratio_to_peft"] = {f: res[f] / ref[f] for f in fields if ref.get(f)}
+            row["machines_differ"] = None if same else (res["machines"], ref["machines"])
         out.append(row)
     return out
 
@@ -59,8 +63,16 @@ def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "quality_min": min(quality),
         "qualities": {r["seed"]: r["quality"] for r in ok},
         "stuck_seeds": [r["seed"] for r in ok if _top_share(r) >= STUCK_SHARE],
+        "machines": sorted({_machine(r) for r in ok}),
         **{f: statistics.median(r[f] for r in ok) for f in RATIO_FIELDS if all(f in r for r in ok)},
     }
+
+
+def _machine(run: dict[str, Any]) -> str:
+    """The machine a cell ran on, as far as its record tells (older cells lack the CPU's capability)."""
+    m = run.get("machine", {})
+    capability = m.get("cpu_capability", "capability unrecorded")
+    return f"{m.get('cpu', '?')}, {capability}, {m.get('cores', '?')} cores"
 
 
 def _top_share(run: dict[str, Any]) -> float:
@@ -124,6 +136,12 @@ def markdown(table_rows: list[dict[str, Any]], title: str) -> str:
         lines.append(f"| {task} | {LABELS[r['method']]} | " + " | ".join(quality + _costs(r)) + " |")
         failures += [x for x in (r, ref) if x and x["status"] == "failed"]
         notes += [_stuck(x) for x in (r, ref) if x and x.get("stuck_seeds")]
+        if r.get("machines_differ"):
+            ours, theirs = r["machines_differ"]
+            notes.append(
+                f"{r['task']} {r['method']}: step time and tokens/s not compared, the cells ran on different "
+                f"machines (peftkit: {'; '.join(ours)}; peft: {'; '.join(theirs)})"
+            )
     lines += [f"\nfailed: {f['task']} {f['method']} {f['impl']}: {f['error']}" for f in failures]
     lines += [f"\n{n}" for n in notes]
     return "\n".join(lines) + "\n"

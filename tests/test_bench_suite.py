@@ -85,6 +85,12 @@ def test_peftkit_cells_train_at_its_default_rate_and_peft_cells_at_the_examples_
         default = config_from_dict(example["adapter"]).default_lr
         assert ours.run["train"]["lr"] == default and theirs.run["train"]["lr"] == old
         assert {**ours.run, "train": {}} == {**theirs.run, "train": {}}  # nothing else differs
+        warmup = suite_cells.PEFT_WARMUP.get((task, method), example["train"].get("warmup_ratio"))
+        assert theirs.run["train"].get("warmup_ratio") == warmup
+        ours_warmup = (
+            example["train"].get("warmup_ratio") or config_from_dict(example["adapter"]).default_warmup_ratio
+        )
+        assert ours.run["train"].get("warmup_ratio", 0.0) == ours_warmup
     # an example that sets train.lr trains both cells at it
     ours, theirs = suite_cells.all_cells(suite_cells.FULL, tasks=["sst2"], methods=["lora"])
     assert ours.run["train"]["lr"] == theirs.run["train"]["lr"] == 1e-3
@@ -122,6 +128,25 @@ def test_table_ratios_not_run_and_failed_cells(tmp_path):
     png = suite_report.plot(rows, tmp_path / "q.png", "t")
     assert png is not None and png.read_bytes()[:4] == b"\x89PNG"
     assert suite_report.plot(suite_report.rows(cells, {}), tmp_path / "none.png", "t") is None
+
+
+def test_speed_is_compared_only_between_cells_of_one_machine():
+    cells = suite_cells.all_cells(suite_cells.QUICK, tasks=["sst2"], methods=["lora"])
+    ours, theirs = (next(c for c in cells if c.impl == impl) for impl in ("peftkit", "peft"))
+    avx2 = {"cpu": "AMD EPYC", "cpu_capability": "AVX2", "cores": 2}
+    results = {
+        ours.key: {**measured(85.0, 400.0), "machine": avx2},
+        theirs.key: {**measured(84.0, 100.0), "machine": {"cpu": "AMD EPYC", "cores": 2}},
+    }
+    rows = suite_report.rows(cells, results)
+    lora = next(r for r in rows if r["impl"] == "peftkit")
+    assert "step_ms_median" not in lora["ratio_to_peft"] and "tokens_per_s" not in lora["ratio_to_peft"]
+    assert lora["ratio_to_peft"]["peak_rss_mib"] == 1.0  # what does not depend on the machine's speed
+    md = suite_report.markdown(rows, "title")
+    assert "(4.00x)" not in md and "not compared, the cells ran on different machines" in md
+    results[theirs.key]["machine"] = avx2
+    lora = next(r for r in suite_report.rows(cells, results) if r["impl"] == "peftkit")
+    assert lora["ratio_to_peft"]["step_ms_median"] == pytest.approx(4.0)
 
 
 def test_readme_table_is_replaced_between_markers(tmp_path):

@@ -1,4 +1,5 @@
-"""``train.lr`` unset takes the adapter method's ``default_lr`` (issue 21); set, it is kept."""
+"""``train.lr`` unset takes the adapter method's ``default_lr``, ``train.warmup_ratio`` (with no
+``warmup_steps``) its ``default_warmup_ratio`` (issue 21); set, they are kept."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import peftkit
 from peftkit.config import PeftConfig
 from peftkit.errors import ConfigError
 from peftkit.registry import get_method, list_methods
+from peftkit.run_config import build_run_config
 from peftkit.training import TrainConfig, Trainer
-from peftkit.training.config import resolve_lr
+from peftkit.training.config import resolve_lr, resolve_warmup
 
 
 def trainer_lr(model, tmp_path, **train) -> float:
@@ -86,3 +88,52 @@ def test_resuming_after_the_default_changed_is_refused_naming_the_rate(tmp_path,
     resumed = TrainConfig(max_steps=2, batch_size=2, save_every=1)
     with pytest.raises(ConfigError, match=re.escape(f"train.lr {old} -> 0.03")):
         Trainer(ptuning(), examples(4), collate, resumed, tmp_path, show_progress=False).train(resume=True)
+
+
+def trainer_warmup(model, tmp_path, **train) -> tuple[float, float]:
+    """(the warm-up ratio the trainer resolved, its first step's rate as a fraction of the peak)."""
+    cfg = TrainConfig(max_steps=10, batch_size=2, lr=1e-2, **train)
+    trainer = Trainer(model, examples(4), collate, cfg, tmp_path, show_progress=False)
+    return trainer.cfg.warmup_ratio, trainer.scheduler.get_last_lr()[0] / 1e-2
+
+
+def test_unset_warmup_takes_the_methods_default(tmp_path):
+    assert TrainConfig().warmup_ratio is None
+    assert peftkit.PTuningConfig.default_warmup_ratio == 0.2
+    ratio, first = trainer_warmup(ptuning(), tmp_path / "p")
+    assert ratio == 0.2 and first < 1.0  # 2 warm-up steps of 10: the first below the peak
+    assert trainer_warmup(lora(), tmp_path / "l") == (0.0, 1.0)  # no warm-up: the peak from step 0
+
+
+def test_a_set_warmup_wins_and_warmup_steps_replace_the_default(tmp_path):
+    assert trainer_warmup(ptuning(), tmp_path / "a", warmup_ratio=0.0) == (0.0, 1.0)
+    assert resolve_warmup(TrainConfig(warmup_steps=3), ptuning()).warmup_ratio == 0.0
+    assert resolve_warmup(TrainConfig(), build("llama")).warmup_ratio == PeftConfig.default_warmup_ratio
+
+
+def test_a_run_config_writes_the_methods_warmup():
+    """run.yaml records what trained, so a resume compares it (a later default is a changed run)."""
+
+    def run(adapter: dict, **train) -> float:
+        config = {"task": {"type": "classification"}, "adapter": adapter, "train": train}
+        return build_run_config(config).train.warmup_ratio
+
+    ptune = {"method": "p_tuning", "num_virtual_tokens": 2}
+    assert run(ptune) == 0.2 and run(ptune, warmup_ratio=0.05) == 0.05 and run(ptune, warmup_steps=4) == 0.0
+    assert run({"method": "lora", "target_modules": ["q_proj"]}) == 0.0
+
+
+def test_active_adapters_with_different_warmups_are_refused():
+    class Two:
+        peft_config = {"a": peftkit.LoraConfig(r=4), "b": peftkit.PTuningConfig(num_virtual_tokens=2)}
+        active_adapters = ["a", "b"]
+
+    with pytest.raises(ConfigError, match="set train.warmup_ratio"):
+        resolve_warmup(TrainConfig(), Two())
+    assert resolve_warmup(TrainConfig(warmup_ratio=0.1), Two()).warmup_ratio == 0.1
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_every_methods_default_warmup_is_a_fraction(method):
+    ratio = get_method(method).config_class(**REQUIRED.get(method, {})).default_warmup_ratio
+    assert isinstance(ratio, float) and 0 <= ratio < 1

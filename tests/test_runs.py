@@ -583,8 +583,8 @@ def test_demo_answers_show_progress_and_equal_one_generate_call(capsys):
 def test_resume_rules_are_precise():
     from peftkit.training.resume import resume_changes
 
-    def train(**kw) -> dict:
-        return {"train": {**TrainConfig().to_dict(), **kw}}
+    def train(**kw) -> dict:  # as runs save it: the warm-up resolved (the method's default, here 0)
+        return {"train": {**TrainConfig(warmup_ratio=0.0).to_dict(), **kw}}
 
     assert resume_changes(train(max_steps=8), train(max_steps=8, epochs=3), "x") == ["train.epochs 1.0 -> 3"]
     with pytest.raises(ConfigError, match=r"train.epochs 1.0 -> 3 \(the learning rate schedule depends"):

@@ -139,6 +139,9 @@ class PeftConfig:
     # the peak learning rate a run takes when ``train.lr`` is unset; a method that overrides it says
     # where its value was chosen (bench/tune_defaults.py: validation rows only, several seeds)
     default_lr: ClassVar[float] = 2e-4
+    # the linear warm-up (fraction of all steps) when neither ``train.warmup_ratio`` nor
+    # ``train.warmup_steps`` is set; same rule for overriding it
+    default_warmup_ratio: ClassVar[float] = 0.0
 
     def __post_init__(self) -> None:
         check_fields(self)

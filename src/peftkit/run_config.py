@@ -11,7 +11,7 @@ output_dir: runs/sst2-lora
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from .errors import ConfigError
 from .io import parse_yaml
 from .registry import config_from_dict, get_method
 from .training import TrainConfig
+from .training.config import default_warmup_ratio
 
 DTYPES = ("float32", "bfloat16")
 QUANTIZE = ("nf4",)
@@ -169,6 +170,10 @@ def build_run_config(data: dict[str, Any]) -> RunConfig:
         raise ConfigError(f"adapter.{err.field}", str(err).split(": ", 1)[-1]) from err
     except (TypeError, AttributeError) as err:  # a value of the wrong type reached the method's checks
         raise ConfigError("adapter", f"a field has a value of the wrong type ({err}); got {adapter}") from err
+    # the method's default warm-up written into the run (run.yaml says what trained; resume compares it)
+    sections["train"] = replace(
+        sections["train"], warmup_ratio=default_warmup_ratio(sections["train"], adapter_config)
+    )
     return RunConfig(adapter=adapter_config, output_dir=str(data.get("output_dir", "runs/run")), **sections)
 
 

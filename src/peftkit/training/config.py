@@ -30,7 +30,9 @@ class TrainConfig:
             ``batch_size x grad_accum x processes`` examples (the global batch).
         grad_accum: micro-batches per optimizer step.
         schedule: ``linear`` or ``cosine`` decay after warm-up, or ``constant``.
-        warmup_steps / warmup_ratio: linear warm-up length (steps, or a fraction of all steps).
+        warmup_steps / warmup_ratio: linear warm-up length (steps, or a fraction of all steps);
+            both unset: the adapter method's ``default_warmup_ratio`` (0 for most methods; see
+            :func:`resolve_warmup`).
         weight_decay: AdamW weight decay.
         loraplus_lr_ratio: LoRA+ (Hayou et al. 2024): the B factors (and one-dimensional adapter parameters,
             e.g. DoRA's magnitudes) learn at ``lr`` times this ratio (the paper suggests 16); 0: off.
@@ -67,7 +69,7 @@ class TrainConfig:
     grad_accum: int = 1
     schedule: str = "linear"
     warmup_steps: int = 0
-    warmup_ratio: float = 0.0
+    warmup_ratio: float | None = None
     weight_decay: float = 0.0
     loraplus_lr_ratio: float = 0.0
     max_grad_norm: float = 1.0
@@ -96,7 +98,8 @@ class TrainConfig:
         check_positive_int("grad_accum", self.grad_accum)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("distributed", self.distributed, DISTRIBUTED)
-        check_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        if self.warmup_ratio is not None:
+            check_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
         for name in (
             "max_steps",
             "warmup_steps",
@@ -142,20 +145,42 @@ def resolve_lr(config: TrainConfig, model: Any) -> TrainConfig:
     to different rates are refused: one optimizer step takes one peak rate."""
     if config.lr is not None:
         return config
+    return replace(config, lr=_method_default(model, "default_lr", "lr"))
+
+
+def resolve_warmup(config: TrainConfig, model: Any) -> TrainConfig:
+    """``config`` with ``warmup_ratio`` set: as given; 0 where ``warmup_steps`` is set; else the
+    ``default_warmup_ratio`` of the adapter the model trains (0 for most methods), the same way as
+    :func:`resolve_lr`."""
+    if config.warmup_ratio is not None:
+        return config
+    if config.warmup_steps:
+        return replace(config, warmup_ratio=0.0)
+    return replace(config, warmup_ratio=_method_default(model, "default_warmup_ratio", "warmup_ratio"))
+
+
+def default_warmup_ratio(config: TrainConfig, adapter: Any) -> float:
+    """The warm-up ratio a run of ``adapter`` (a PeftConfig) takes: ``config``'s, or the method's."""
+    if config.warmup_ratio is not None:
+        return config.warmup_ratio
+    return 0.0 if config.warmup_steps else getattr(adapter, "default_warmup_ratio", 0.0)
+
+
+def _method_default(model: Any, attr: str, field: str) -> float:
+    """The active adapters' methods' ``attr`` (PeftConfig's for a model that is not peftkit's);
+    refused where they differ: one run takes one value of ``train.<field>``."""
     from ..config import PeftConfig
 
     configs = getattr(model, "peft_config", None)
     active = getattr(model, "active_adapters", None)  # a method on transformers' models: no adapters
     if not isinstance(configs, dict) or not isinstance(active, (list, tuple)):
         configs, active = {}, []
-    rates = {
-        name: getattr(configs[name], "default_lr", PeftConfig.default_lr)
-        for name in active
-        if name in configs
+    values = {
+        name: getattr(configs[name], attr, getattr(PeftConfig, attr)) for name in active if name in configs
     }
-    if len(set(rates.values())) > 1:
+    if len(set(values.values())) > 1:
+        what = "learning rates" if field == "lr" else f"values of {field}"
         raise ConfigError(
-            "lr",
-            f"the active adapters' methods default to different learning rates ({rates}); set train.lr",
+            field, f"the active adapters' methods default to different {what} ({values}); set train.{field}"
         )
-    return replace(config, lr=next(iter(rates.values()), PeftConfig.default_lr))
+    return next(iter(values.values()), getattr(PeftConfig, attr))

@@ -37,7 +37,7 @@ from ..optimizers import create_loraplus_optimizer
 from ..precision import warn_if_slow_bf16
 from . import distributed, metrics, sharding, speedups
 from . import state as ckpt
-from .config import TrainConfig, resolve_lr
+from .config import TrainConfig, resolve_lr, resolve_warmup
 from .resume import examples_digest, resume_changes
 from .run_folder import claim_run_folder
 from .schedule import make_scheduler
@@ -85,7 +85,8 @@ class Trainer:
     ):
         if not examples:
             raise ValueError("no training examples: check the data file and the task's column names")
-        config = resolve_lr(config, model)  # train.lr unset: the adapter method's default
+        # train.lr / train.warmup_ratio unset: the adapter method's defaults
+        config = resolve_warmup(resolve_lr(config, model), model)
         self.model, self.examples, self.collate, self.cfg = model, examples, collate, config
         self.out = Path(output_dir)
         self.eval_fn, self.weigh = eval_fn, weigh
