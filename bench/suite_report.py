@@ -151,7 +151,7 @@ def _costs(r: dict[str, Any]) -> list[str]:
     if r["status"] != "ok":
         return ["", "", "", "", ""]
     return [
-        f"{r['trainable']:,}{_ratio(r, 'trainable')}",
+        f"{round(r['trainable']):,}{_ratio(r, 'trainable')}",
         f"{r['adapter_bytes'] / 1024:,.0f}{_ratio(r, 'adapter_bytes')}",
         f"{r['step_ms_median']:,.0f}{_ratio(r, 'step_ms_median')}",
         f"{r['tokens_per_s']:,.0f}{_ratio(r, 'tokens_per_s')}",
