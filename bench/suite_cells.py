@@ -171,16 +171,18 @@ def run_settings(task: str, method: str, budget: Budget) -> tuple[dict[str, Any]
 
 def default_lr(adapter: dict[str, Any]) -> float:
     """The rate peftkit trains ``adapter``'s method at when ``train.lr`` is unset."""
-    from peftkit.registry import config_from_dict
-
-    return config_from_dict(adapter).default_lr
+    return _method_default(adapter, "default_lr")
 
 
 def default_warmup(adapter: dict[str, Any]) -> float:
     """The warm-up ratio peftkit trains ``adapter``'s method with when the example sets none."""
+    return _method_default(adapter, "default_warmup_ratio")
+
+
+def _method_default(adapter: dict[str, Any], attr: str) -> float:
     from peftkit.registry import config_from_dict
 
-    return config_from_dict(adapter).default_warmup_ratio
+    return getattr(config_from_dict(adapter), attr)
 
 
 def adalora_schedule(adapter: dict[str, Any], fraction: float) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
+from functools import partial
 from typing import Any
 
 from ..config import check_choice, check_fields, check_positive, check_positive_int, check_range
@@ -152,18 +154,19 @@ def resolve_warmup(config: TrainConfig, model: Any) -> TrainConfig:
     """``config`` with ``warmup_ratio`` set: as given; 0 where ``warmup_steps`` is set; else the
     ``default_warmup_ratio`` of the adapter the model trains (0 for most methods), the same way as
     :func:`resolve_lr`."""
-    if config.warmup_ratio is not None:
-        return config
-    if config.warmup_steps:
-        return replace(config, warmup_ratio=0.0)
-    return replace(config, warmup_ratio=_method_default(model, "default_warmup_ratio", "warmup_ratio"))
+    method = partial(_method_default, model, "default_warmup_ratio", "warmup_ratio")
+    return replace(config, warmup_ratio=_warmup(config, method))
 
 
 def default_warmup_ratio(config: TrainConfig, adapter: Any) -> float:
     """The warm-up ratio a run of ``adapter`` (a PeftConfig) takes: ``config``'s, or the method's."""
+    return _warmup(config, lambda: adapter.default_warmup_ratio)
+
+
+def _warmup(config: TrainConfig, method_default: Callable[[], float]) -> float:
     if config.warmup_ratio is not None:
         return config.warmup_ratio
-    return 0.0 if config.warmup_steps else getattr(adapter, "default_warmup_ratio", 0.0)
+    return 0.0 if config.warmup_steps else method_default()
 
 
 def _method_default(model: Any, attr: str, field: str) -> float:
