@@ -57,7 +57,12 @@ E2E_FULL_LR = 1.0e-4
 # (``default_lr``, chosen by bench/tune_defaults.py on validation rows). peft has no per-method
 # rate, so its cell keeps the rate the example set before that tuning, as a peft user of the example
 # would: (task, method) -> that rate.
-PEFT_LR = {("sst2", "ptuning"): 1.0e-3, ("sst2", "prefix"): 1.0e-3, ("sst2", "adalora"): 1.0e-3}
+PEFT_LR = {
+    ("sst2", "ptuning"): 1.0e-3,
+    ("sst2", "prefix"): 1.0e-3,
+    ("sst2", "adalora"): 1.0e-3,
+    ("sst2", "prompt"): 1.0e-2,
+}
 # ... and the warm-up the example set before, where tuning changed the example's (P-tuning: 0.2)
 PEFT_WARMUP = {("sst2", "ptuning"): 0.06}
 PEFT_HAS = {"lora", "adalora", "dora", "ia3", "qlora", "prompt", "prefix", "ptuning", "ptuning_v2"}

@@ -55,6 +55,11 @@ CANDIDATES: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
         "lr 1e-4": {"train": {"lr": 1e-4}},
         "lr 5e-4": {"train": {"lr": 5e-4}},
     },
+    "prompt": {  # the method had no rate of its own (2e-4, far too low for a prompt); the example gave 1e-2
+        "lr 1e-2 (example)": {"train": {"lr": 1e-2}},
+        "lr 3e-2": {"train": {"lr": 3e-2}},
+        "lr 1e-1": {"train": {"lr": 1e-1}},
+    },
     "adalora": {
         "lr 1e-3, squared (old)": {"train": {"lr": 1e-3}},
         "lr 1e-3, peft's form": {"train": {"lr": 1e-3}, "adapter": {"orth_reg_form": "peft"}},

@@ -42,7 +42,11 @@ def test_unset_lr_is_none_and_a_set_one_is_checked():
         TrainConfig(lr=0.0)
 
 
-@pytest.mark.parametrize("build_model", [lora, ptuning], ids=["lora", "ptuning"])
+def prompt():
+    return peftkit.get_peft_model(build("llama"), peftkit.PromptTuningConfig(num_virtual_tokens=2))
+
+
+@pytest.mark.parametrize("build_model", [lora, ptuning, prompt], ids=["lora", "ptuning", "prompt"])
 def test_unset_lr_takes_the_methods_default(build_model, tmp_path):
     model = build_model()
     assert trainer_lr(model, tmp_path) == model.active_peft_config.default_lr
