@@ -18,6 +18,7 @@ Results: ``bench/results/tuning/cells/*.json`` (one per run, cached by settings)
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 from typing import Any
 
@@ -104,21 +105,36 @@ def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def choose(rows: dict[str, dict[str, Any]]) -> str | None:
+    """The chosen candidate: the best mean with no seed stuck, among those run over the most seeds;
+    the incumbent (a name marked "(old)" or "(example)": what the method or its example used before)
+    stays unless the best beats it by more than one standard error of the difference, since a
+    default moves on evidence, not on a tie."""
+    most = max(r["seeds"] for r in rows.values())
+    done = {n: r for n, r in rows.items() if r["mean"] is not None and not r["stuck"] and r["seeds"] == most}
+    if not done:
+        return None
+    best = max(done, key=lambda n: done[n]["mean"])
+    incumbent = next((n for n in done if n.endswith(("(old)", "(example)"))), None)
+    if incumbent is None or incumbent == best:
+        return best
+    a, b = done[best], done[incumbent]
+    se = math.sqrt(a["sd"] ** 2 / a["seeds"] + b["sd"] ** 2 / b["seeds"])
+    return best if a["mean"] - b["mean"] > se else incumbent
+
+
 def markdown(table: dict[str, dict[str, dict[str, Any]]], seeds: int) -> str:
     lines = [
         f"Validation accuracy % (SST-2 on MiniLM-L6, the suite's budget, a validation split cut from the "
         f"training rows; up to {seeds} seeds each; * = chosen: best mean with no seed stuck on one class, "
-        f"among those run over the most seeds)",
+        f"among those run over the most seeds; the former setting, '(old)' or '(example)', stays unless "
+        f"beaten by more than one standard error)",
         "",
         "| method | candidate | seeds | mean | sd | min | stuck seeds | per seed |",
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for method, rows in table.items():
-        most = max(r["seeds"] for r in rows.values())  # the choice is among the most-seeded candidates
-        done = {
-            n: r for n, r in rows.items() if r["mean"] is not None and not r["stuck"] and r["seeds"] == most
-        }
-        best = max(done, key=lambda n: done[n]["mean"]) if done else None
+        best = choose(rows)
         for name, r in rows.items():
             if r["mean"] is None:
                 lines.append(f"| {method} | {name} | 0 | not run | | | | |")

@@ -248,3 +248,8 @@ def test_tuning_runs_only_the_named_candidates_and_chooses_among_the_most_seeded
     md = tune.markdown(table, 5)
     assert "| ptuning | b * | 5 |" in md  # a has the best mean but fewer seeds; c has a stuck seed
     assert "| ptuning | a | 3 |" in md and "| ptuning | c | 5 |" in md
+    # the former setting stays unless the best beats it by more than one standard error
+    tie = {"b": row([80.0, 81.0, 79.0]), "x (example)": row([79.5, 80.5, 78.5])}
+    assert tune.choose(tie) == "x (example)"
+    assert tune.choose({**tie, "b": row([83.0, 84.0, 82.0])}) == "b"
+    assert tune.choose({**tie, "x (example)": row([99.0, 79.5, 80.5], stuck=1)}) == "b"
