@@ -56,7 +56,7 @@ CANDIDATES: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
         "lr 1e-4": {"train": {"lr": 1e-4}},
         "lr 5e-4": {"train": {"lr": 5e-4}},
     },
-    "prompt": {  # the method had no rate of its own (2e-4, far too low for a prompt); the example gave 1e-2
+    "prompt": {  # the method had no rate of its own (the base 2e-4, 50x below its example's 1e-2)
         "lr 1e-2 (example)": {"train": {"lr": 1e-2}},
         "lr 3e-2": {"train": {"lr": 3e-2}},
         "lr 1e-1": {"train": {"lr": 1e-1}},
