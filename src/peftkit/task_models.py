@@ -35,9 +35,8 @@ def _given(task_ids: Any, **named: Any) -> dict[str, Any]:
     return {k: v for k, v in named.items() if v is not None}
 
 
-@task_class(TaskType.CAUSAL_LM)
-class PeftModelForCausalLM(PeftModel):
-    """A causal language model with adapters (peft's class of that name)."""
+class _Text(PeftModel):
+    """The forward shared by the causal-LM and classification wrappers: text in, ``labels`` for the loss."""
 
     def forward(
         self,
@@ -65,6 +64,11 @@ class PeftModelForCausalLM(PeftModel):
             return_dict=return_dict,
         )
         return super().forward(adapter_names=adapter_names, tasks=tasks, **given, **kwargs)
+
+
+@task_class(TaskType.CAUSAL_LM)
+class PeftModelForCausalLM(_Text):
+    """A causal language model with adapters (peft's class of that name)."""
 
 
 @task_class(TaskType.SEQ_2_SEQ_LM)
@@ -108,37 +112,10 @@ class PeftModelForSeq2SeqLM(PeftModel):
         return super().generate(**kwargs)
 
 
-class _Classifier(PeftModel):
-    """Shared by the classification wrappers: the forward of a model with a classification head."""
+class _Classifier(_Text):
+    """Shared by the classification wrappers: a model with a classification head."""
 
     head_names = ("classifier", "score")
-
-    def forward(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        inputs_embeds=None,
-        labels=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-        task_ids=None,
-        *,
-        adapter_names=None,
-        tasks=None,
-        **kwargs,
-    ):
-        given = _given(
-            task_ids,
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            inputs_embeds=inputs_embeds,
-            labels=labels,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=return_dict,
-        )
-        return super().forward(adapter_names=adapter_names, tasks=tasks, **given, **kwargs)
 
 
 @task_class(TaskType.SEQ_CLS)
