@@ -259,9 +259,10 @@ def peft_config(method: str, adapter: dict[str, Any], task_type: str, total_step
     return builders[method](task_type=task_type, **fields)
 
 
-def load_peft_qlora_base(name: str, num_labels: int) -> Any:
+def load_peft_qlora_base(name: str, num_labels: int, seed: int) -> Any:
     """The same base through transformers + bitsandbytes (NF4, double quant, the compute dtype
-    peftkit's ``compute_dtype: auto`` picks on this machine), head kept."""
+    peftkit's ``compute_dtype: auto`` picks on this machine), head kept; the new head is drawn after
+    ``torch.manual_seed(seed)``, as :func:`peftkit.pipeline.load_base` draws peftkit's."""
     import transformers
 
     from peftkit.models import resolve_model_path
@@ -274,6 +275,7 @@ def load_peft_qlora_base(name: str, num_labels: int) -> Any:
         bnb_4bit_compute_dtype=auto_dtype(),
         llm_int8_skip_modules=["classifier", "score", "lm_head"],
     )
+    torch.manual_seed(seed)
     return transformers.AutoModelForSequenceClassification.from_pretrained(
         resolve_model_path(name), quantization_config=q, num_labels=num_labels, dtype=torch.float32
     )
@@ -451,7 +453,8 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     train_rows, eval_rows = read_split(run_cfg)
     spec = run_cfg.task.with_labels(train_rows) if run_cfg.task.type == "classification" else run_cfg.task
     if cell.impl == "peft" and run_cfg.model.quantize:
-        base, tok = load_peft_qlora_base(run_cfg.model.name, len(spec.label_list())), load_tokenizer(run_cfg)
+        labels, seed = len(spec.label_list()), run_cfg.train.seed
+        base, tok = load_peft_qlora_base(run_cfg.model.name, labels, seed), load_tokenizer(run_cfg)
     else:
         base, tok = load_base(run_cfg, spec)
     collate = Collator(tok.pad_token_id)

@@ -61,6 +61,11 @@ CANDIDATES: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
         "lr 3e-2": {"train": {"lr": 3e-2}},
         "lr 1e-1": {"train": {"lr": 1e-1}},
     },
+    "ptuning_v2": {  # flat prefixes had no rate of their own (the base 2e-4; the example sets 1e-2)
+        "lr 1e-2 (example)": {"train": {"lr": 1e-2}},
+        "lr 3e-3": {"train": {"lr": 3e-3}},
+        "lr 3e-2": {"train": {"lr": 3e-2}},
+    },
     "adalora": {
         "lr 1e-3, squared (old)": {"train": {"lr": 1e-3}},
         "lr 1e-3, peft's form": {"train": {"lr": 1e-3}, "adapter": {"orth_reg_form": "peft"}},

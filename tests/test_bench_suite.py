@@ -253,3 +253,26 @@ def test_tuning_runs_only_the_named_candidates_and_chooses_among_the_most_seeded
     assert tune.choose(tie) == "x (example)"
     assert tune.choose({**tie, "b": row([83.0, 84.0, 82.0])}) == "b"
     assert tune.choose({**tie, "x (example)": row([99.0, 79.5, 80.5], stuck=1)}) == "b"
+
+
+def test_peft_qlora_cells_draw_the_new_head_as_peftkits_do(tmp_path):
+    """peft's QLoRA base loads through transformers + bitsandbytes, not peftkit's loader: its new head
+    must still be the draw of the cell's seed (paired with peftkit's, seed for seed)."""
+    pytest.importorskip("bitsandbytes")
+    import transformers
+
+    from peftkit.quantization import quantize_model
+
+    cfg = transformers.BertConfig(
+        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=1, num_attention_heads=4, intermediate_size=128
+    )
+    transformers.BertModel(cfg).save_pretrained(tmp_path)  # no head: the cell draws a new one
+
+    def head(seed: int) -> torch.Tensor:
+        return suite_cells.load_peft_qlora_base(str(tmp_path), 2, seed).classifier.weight
+
+    torch.manual_seed(3)  # what peftkit.pipeline.load_base does before peftkit.models.load_model's calls
+    ours = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=2)
+    quantize_model(ours, "nf4")
+    assert torch.equal(head(3), ours.classifier.weight)
+    assert not torch.equal(head(3), head(4))
