@@ -25,10 +25,13 @@ a full run also rewrites the README's table between its markers. ``--quick`` wri
 ``bench/results/quick/`` only.
 
 ``--peft-python``: the interpreter for peft's cells of :data:`PEFT_PAST_KEY_VALUES` (prefix tuning,
-P-tuning v2). peft (0.21.2) finds a model's prefix input by the name ``past_key_values`` in its
-forward signature, which transformers 5.24 renamed ``cache``: with 5.24 peft refuses ("Model does not
-support past key values"), so those cells run in an environment with the newest transformers before
-the rename (5.23). Each cell records the versions it ran with.
+P-tuning v2) and those of :data:`PEFT_DECODING_CACHE` that decode (prompt tuning on E2E). peft
+(0.21.2) finds a model's prefix input by the name ``past_key_values`` in its forward signature, which
+transformers 5.24 renamed ``cache``: with 5.24 peft refuses ("Model does not support past key
+values"), and its prompt-tuning decoding sees no cache at any step and decodes garbage (the cells
+check this by behaviour: :func:`suite_cells.check_peft_decoding_cache`); so those cells run in an
+environment with the newest transformers before the rename (5.23). Each cell records the versions it
+ran with.
 """
 
 from __future__ import annotations
@@ -51,6 +54,10 @@ from lora_overhead import machine_info
 from suite_cells import FULL, QUICK, TASKS, Cell, all_cells, child_main
 
 PEFT_PAST_KEY_VALUES = {"prefix", "ptuning_v2"}
+# peft's cells that decode with a prompt-learning adapter: PeftModel.prepare_inputs_for_generation
+# finds the decoding cache under ``past_key_values`` too; on 5.24 it sees none at every step, prepends
+# the virtual tokens again and decodes garbage (BLEU 3.8 where 5.23 gives 47.8)
+PEFT_DECODING_CACHE = {"prompt"}
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -88,8 +95,13 @@ def run_in_subprocess(
 
 
 def cell_python(cell: Cell, peft_python: str | None) -> str | None:
-    """The interpreter for ``cell``: ``peft_python`` for peft's prefix cells when given, else ours."""
-    return peft_python if cell.impl == "peft" and cell.method in PEFT_PAST_KEY_VALUES else None
+    """The interpreter for ``cell``: ``peft_python`` for peft's prefix cells and its prompt-tuning
+    cells that decode (E2E) when given, else ours."""
+    if cell.impl != "peft":
+        return None
+    decodes = "max_new_tokens" in cell.eval
+    old_cache = cell.method in PEFT_PAST_KEY_VALUES or (decodes and cell.method in PEFT_DECODING_CACHE)
+    return peft_python if old_cache else None
 
 
 def run_cell(
@@ -227,8 +239,9 @@ def main() -> None:
     )
     p.add_argument(
         "--peft-python",
-        help="interpreter for peft's prefix tuning / P-tuning v2 cells (an env with transformers "
-        "5.23: peft 0.21.2's prefix tuning fails on 5.24's renamed cache argument)",
+        help="interpreter for peft's prefix tuning / P-tuning v2 cells and its E2E prompt-tuning cells "
+        "(an env with transformers 5.23: peft 0.21.2's prefix tuning fails on 5.24's renamed cache "
+        "argument, and its prompt-tuning decoding loses the cache)",
     )
     p.add_argument("--report-only", action="store_true", help="assemble the outputs from cached cells")
     p.add_argument("--cell", type=Path, help=argparse.SUPPRESS)  # internal: one cell in this process

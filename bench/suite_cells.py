@@ -408,6 +408,8 @@ def generate_peft(
             enc = tokenizer(
                 prompts[i : i + batch], return_tensors="pt", padding=True, add_special_tokens=special
             )
+            if i == 0:
+                check_peft_decoding_cache(model, enc)
             out = model.generate(
                 **enc,
                 max_new_tokens=max_new_tokens,
@@ -417,6 +419,27 @@ def generate_peft(
             )
             texts += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     return [cut_at_stop_string(t, config.stop_strings) for t in texts]
+
+
+def check_peft_decoding_cache(model: Any, enc: Any, new_tokens: int = 4) -> None:
+    """Refuse a peft whose decoding with a prompt-learning adapter disagrees with and without the
+    cache (peft 0.21.2 on transformers 5.24 looks for the cache under its former name, re-inserts the
+    virtual tokens at every step and decodes garbage); checked by behaviour on one prompt."""
+    config = model.peft_config[model.active_adapter]
+    if not config.is_prompt_learning:
+        return
+    one = {k: v[:1] for k, v in enc.items()}
+    kw = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False}
+    cached = model.generate(**one, use_cache=True, **kw)
+    if not torch.equal(cached, model.generate(**one, use_cache=False, **kw)):
+        import transformers
+
+        raise RuntimeError(
+            f"peft's greedy decoding with its {config.peft_type} adapter differs with and without the "
+            f"cache on transformers {transformers.__version__}: peft's prompt-learning decoding does "
+            "not find this version's cache; run peft's cells with --peft-python (an environment with "
+            "transformers 5.23)"
+        )
 
 
 def bleu_scores(impl: str, model: Any, tokenizer: Any, spec: Any, rows: list[dict], evaluation: dict) -> dict:

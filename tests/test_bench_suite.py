@@ -225,6 +225,59 @@ def test_only_peft_prefix_cells_take_the_other_interpreter():
     assert all(suite.cell_python(c, None) is None for c in cells)
 
 
+def test_peft_prompt_cells_that_decode_take_the_other_interpreter():
+    """peft's prompt-tuning decoding loses its cache on transformers 5.24: its E2E prompt cells run
+    with ``--peft-python``; its SST-2 prompt cells (no decoding) and every LoRA cell stay in ours."""
+    suite = pytest.importorskip("suite")
+    cells = suite_cells.all_cells(suite_cells.QUICK, tasks=["sst2", "e2e"], methods=["lora", "prompt"])
+    chosen = {(c.task, c.method, c.impl): suite.cell_python(c, "/other/python") for c in cells}
+    other = {key for key, python in chosen.items() if python}
+    assert other == {("e2e", "prompt", "peft")}
+
+
+def _tiny_peft_prompt_model():
+    from peft import PromptTuningConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=0,
+    )
+    model = get_peft_model(
+        LlamaForCausalLM(cfg), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5)
+    )
+    with torch.no_grad():
+        model.prompt_encoder["default"].embedding.weight.normal_(0, 1)
+    return model.eval()
+
+
+def test_peft_decoding_that_loses_its_cache_is_refused_by_behaviour():
+    """The check compares peft's greedy decoding with and without the cache, not version numbers:
+    it refuses exactly when the two differ (transformers 5.24 with peft 0.21.2), naming the fix."""
+    pytest.importorskip("peft")
+    model = _tiny_peft_prompt_model()
+    enc = {
+        "input_ids": torch.tensor([[5, 6, 7, 8, 9, 10]]),
+        "attention_mask": torch.ones(1, 6, dtype=torch.long),
+    }
+    kw = {"max_new_tokens": 4, "min_new_tokens": 4, "do_sample": False}
+    with torch.no_grad():
+        same = torch.equal(
+            model.generate(**enc, use_cache=True, **kw), model.generate(**enc, use_cache=False, **kw)
+        )
+        if same:
+            suite_cells.check_peft_decoding_cache(model, enc)
+        else:
+            with pytest.raises(RuntimeError, match="--peft-python"):
+                suite_cells.check_peft_decoding_cache(model, enc)
+
+
 def test_tuning_runs_only_the_named_candidates_and_chooses_among_the_most_seeded():
     tune = pytest.importorskip("tune_defaults")
     grid = tune.cells(["ptuning"], range(2), quick=True, only={"lr 5e-3"})
