@@ -69,6 +69,13 @@ def cached(cell: Cell, cells_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def measured(cell: Cell, cells_dir: Path) -> bool:
+    """Whether ``cell`` has a result that needs no re-run: a failed cell is kept (the table says
+    why) until the next run tries it again."""
+    result = cached(cell, cells_dir)
+    return result is not None and result.get("status") == "ok"
+
+
 def thread_env(jobs: int) -> dict[str, str] | None:
     """The environment of a cell when ``jobs`` cells share the machine: its cores split between them."""
     if jobs <= 1:
@@ -272,7 +279,7 @@ def main() -> None:
         print("inference ...", flush=True)
         run_inference(inf_path, args.quick, lock)
     if not args.report_only:
-        pending = [c for c in todo if args.force or not cached(c, cells_dir)]
+        pending = [c for c in todo if args.force or not measured(c, cells_dir)]
         print(f"{len(pending)} of {len(todo)} cells to run, {args.jobs} at a time", flush=True)
         run_cells(
             pending,

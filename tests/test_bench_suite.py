@@ -171,6 +171,18 @@ def test_cache_json_round_trip(tmp_path):
     assert suite.cached(cell, tmp_path)["quality"] == 80.0
 
 
+def test_a_failed_cell_is_cached_but_run_again(tmp_path):
+    """A cell that failed (a missing package, say) is kept for the table, and the next run retries it."""
+    import suite
+
+    cell = suite_cells.all_cells(suite_cells.QUICK, tasks=["sst2"], methods=["bitfit"])[0]
+    path = tmp_path / f"{cell.key}.json"
+    path.write_text(json.dumps({"key": cell.key, "status": "failed", "error": "ImportError"}))
+    assert suite.cached(cell, tmp_path)["status"] == "failed" and not suite.measured(cell, tmp_path)
+    path.write_text(json.dumps({"key": cell.key, **measured(80.0, 10.0)}))
+    assert suite.measured(cell, tmp_path)
+
+
 def test_parallel_cells_split_the_cores(monkeypatch):
     suite = pytest.importorskip("suite")
     monkeypatch.setattr(suite.os, "cpu_count", lambda: 8)
