@@ -111,6 +111,32 @@ def cell_python(cell: Cell, peft_python: str | None) -> str | None:
     return peft_python if old_cache else None
 
 
+def missing_modules(python: str, modules: list[str]) -> list[str]:
+    """Those of ``modules`` that ``python`` cannot import (found by spec, nothing imported)."""
+    code = "import importlib.util as u, sys; print(' '.join(m for m in sys.argv[1:] if not u.find_spec(m)))"
+    res = subprocess.run([python, "-c", code, *modules], capture_output=True, text=True, check=False)
+    return res.stdout.split() if res.returncode == 0 else modules
+
+
+def interpreter_problems(cells: list[Cell], peft_python: str | None) -> list[str]:
+    """What each interpreter the cells will run in lacks (peft for peft's cells, sacrebleu for
+    decoding cells), so a run stops before hours of cells instead of failing at their evaluation."""
+    needs: dict[str, set[str]] = {}
+    for cell in cells:
+        python = cell_python(cell, peft_python) or sys.executable
+        wanted = {"peft"} if cell.impl == "peft" else set()
+        needs.setdefault(python, set()).update(
+            wanted | ({"sacrebleu"} if "max_new_tokens" in cell.eval else set())
+        )
+    problems = []
+    for python, modules in needs.items():
+        if missing := missing_modules(python, sorted(modules)):
+            problems.append(
+                f"{python} cannot import {', '.join(missing)}: pip install them into that environment"
+            )
+    return problems
+
+
 def run_cell(
     cell: Cell,
     cells_dir: Path,
@@ -280,6 +306,8 @@ def main() -> None:
         run_inference(inf_path, args.quick, lock)
     if not args.report_only:
         pending = [c for c in todo if args.force or not measured(c, cells_dir)]
+        if problems := interpreter_problems(pending, args.peft_python):
+            p.error("; ".join(problems))
         print(f"{len(pending)} of {len(todo)} cells to run, {args.jobs} at a time", flush=True)
         run_cells(
             pending,

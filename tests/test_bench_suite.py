@@ -171,6 +171,22 @@ def test_cache_json_round_trip(tmp_path):
     assert suite.cached(cell, tmp_path)["quality"] == 80.0
 
 
+def test_an_interpreter_that_lacks_what_its_cells_need_is_named_before_any_cell_runs(monkeypatch):
+    """peft's E2E cells in the --peft-python environment need peft and sacrebleu: a missing one is
+    named with the interpreter before hours of cells, not at the first cell's evaluation."""
+    suite = pytest.importorskip("suite")
+    assert suite.missing_modules(sys.executable, ["json", "no_such_module_xyz"]) == ["no_such_module_xyz"]
+    cells = suite_cells.all_cells(suite_cells.QUICK, tasks=["e2e"], methods=["prompt"])
+    asked: dict[str, list[str]] = {}
+    monkeypatch.setattr(suite, "missing_modules", lambda py, mods: asked.setdefault(py, mods) and mods[-1:])
+    problems = suite.interpreter_problems(cells, "/other/python")
+    assert asked == {sys.executable: ["sacrebleu"], "/other/python": ["peft", "sacrebleu"]}
+    assert problems == [
+        f"{sys.executable} cannot import sacrebleu: pip install them into that environment",
+        "/other/python cannot import sacrebleu: pip install them into that environment",
+    ]
+
+
 def test_a_failed_cell_is_cached_but_run_again(tmp_path):
     """A cell that failed (a missing package, say) is kept for the table, and the next run retries it."""
     import suite
