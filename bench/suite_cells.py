@@ -426,8 +426,8 @@ def check_peft_decoding_cache(model: Any, enc: Any, new_tokens: int = 4) -> None
     cache (peft 0.21.2 on transformers 5.24 looks for the cache under its former name, re-inserts the
     virtual tokens at every step and decodes garbage); checked by behaviour on one prompt."""
     config = model.peft_config[model.active_adapter]
-    if not config.is_prompt_learning:
-        return
+    if not config.is_prompt_learning or str(config.peft_type).endswith("PREFIX_TUNING"):
+        return  # prefix tuning decodes only with the cache (its prefix lives there)
     one = {k: v[:1] for k, v in enc.items()}
     kw = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False}
     cached = model.generate(**one, use_cache=True, **kw)
