@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from peftkit import LoraConfig
+from peftkit import LoraConfig, PromptEncoderConfig, PromptTuningConfig
 from peftkit.data import Collator
 from peftkit.training import TrainConfig
 from tests.conftest import VOCAB, build
@@ -31,13 +31,15 @@ def examples(n: int = 8, seed: int = 0) -> list[dict]:
     ]
 
 
-def train_one(impl: str, tmp_path: Path) -> tuple[object, dict]:
-    config = LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"])
+def train_one(
+    impl: str, tmp_path: Path, config=None, method: str = "lora", batch: int = 4
+) -> tuple[object, dict]:
+    config = config or LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"])
     run_cfg, spec = SimpleNamespace(adapter=config), SimpleNamespace(type="classification")
-    model = suite_cells.wrap(impl, "lora", build("bert"), run_cfg, spec, total_steps=2)
-    train = TrainConfig(lr=1e-2, max_steps=2, batch_size=4, log_every=1)
+    model = suite_cells.wrap(impl, method, build("bert"), run_cfg, spec, total_steps=2)
+    train = TrainConfig(lr=1e-2, max_steps=2, batch_size=batch, log_every=1)
     result, step_s, tokens = suite_cells.train_cell(
-        model, examples(), Collator(0), train, lambda m, b: m(**b).loss, None, tmp_path / impl
+        model, examples(2 * batch), Collator(0), train, lambda m, b: m(**b).loss, None, tmp_path / impl
     )
     assert result.steps == 2 and len(step_s) == 2 and all(t > 0 for t in tokens)
     measured = {
@@ -58,6 +60,24 @@ def test_peftkit_and_peft_cells_train_the_same_parameters(tmp_path):
     ours.eval(), theirs.eval()
     with torch.no_grad():  # same init draw, data order, optimizer and steps: the same trained model
         torch.testing.assert_close(ours(**inputs).logits, theirs(**inputs).logits, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "method, config",
+    [
+        ("prompt", PromptTuningConfig(num_virtual_tokens=3)),
+        ("ptuning", PromptEncoderConfig(num_virtual_tokens=3, encoder_hidden_size=8)),
+    ],
+)
+def test_prepended_prompts_train_to_peft_s_bit_for_bit(tmp_path, method, config):
+    # peft repeats one prompt for the batch: its gradient sums the rows' in one reduction, which
+    # peftkit's one view of the prompt for every row reproduces (per-row copies summed them otherwise)
+    ours, _ = train_one("peftkit", tmp_path, config, method, batch=32)
+    theirs, _ = train_one("peft", tmp_path, config, method, batch=32)
+    mine, peft_s = (list(m.prompt_encoder["default"].named_parameters()) for m in (ours, theirs))
+    assert len(mine) == len(peft_s)  # the embedding, then the encoder's layers in the same order
+    for (name, value), (_, reference) in zip(mine, peft_s, strict=True):
+        assert torch.equal(value, reference), name
 
 
 def test_cell_key_follows_its_settings():

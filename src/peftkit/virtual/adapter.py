@@ -27,6 +27,11 @@ class InputAdapter(nn.Module):
         """``(V, d)`` embeddings prepended to the input (``writes_cache = False``)."""
         raise NotImplementedError  # pragma: no cover - abstract
 
+    def virtual_batch(self, rows: int) -> torch.Tensor:
+        """``(rows, V, d)``: the virtual embeddings of ``rows`` rows that all use this adapter, one view
+        of them as peft repeats its prompt: their gradient sums the rows' in peft's order."""
+        return self.virtual_embeddings().expand(rows, -1, -1)
+
     def prefix(self) -> torch.Tensor:
         """``(layers, 2, kv_heads, V, head_dim)`` keys and values (``writes_cache = True``)."""
         raise NotImplementedError  # pragma: no cover - abstract

@@ -177,10 +177,13 @@ def _place_embeddings(
     if embeds is None:
         embeds = model.get_input_embeddings()(kwargs["input_ids"])  # (B, L, d)
     kwargs.pop("input_ids", None)
-    per_adapter = {id(a): a.virtual_embeddings() for a in rows if _prepends(a)}  # (V, d) each
-    empty = embeds.new_zeros(0, embeds.shape[-1])
-    virtual = [per_adapter[id(a)] if _prepends(a) else empty for a in rows]
-    kwargs["inputs_embeds"] = layout.place(virtual, embeds, fill=0.0)  # (B, T + L, d)
+    if _prepends(rows[0]) and all(a is rows[0] for a in rows):  # one adapter: [V | L] in every row
+        kwargs["inputs_embeds"] = torch.cat([rows[0].virtual_batch(len(rows)).to(embeds.dtype), embeds], 1)
+    else:
+        per_adapter = {id(a): a.virtual_embeddings() for a in rows if _prepends(a)}  # (V, d) each
+        empty = embeds.new_zeros(0, embeds.shape[-1])
+        virtual = [per_adapter[id(a)] if _prepends(a) else empty for a in rows]
+        kwargs["inputs_embeds"] = layout.place(virtual, embeds, fill=0.0)  # (B, T + L, d)
     labels = kwargs.get("labels")
     if isinstance(labels, torch.Tensor) and labels.dim() == 2 and labels.shape[1] == embeds.shape[1]:
         kwargs["labels"] = layout.place([labels.new_full((n,), -100) for n in layout.lengths], labels, -100)
