@@ -228,19 +228,25 @@ def _write_prefix(model: nn.Module, cache, rows: list[InputAdapter | None], P: i
     if cache is None:
         cache = DynamicCache(config=_text_config(model))
     dtype = next(p for p in model.parameters()).dtype
+    prefix = _row_prefixes(rows, P, _device(model)).to(dtype)  # (layers, 2, B, H, P, hd)
+    for layer in range(prefix.shape[0]):
+        cache.update(prefix[layer, 0], prefix[layer, 1], layer)  # (B, H, P, hd) each
+    return cache
+
+
+def _row_prefixes(rows: list[InputAdapter | None], P: int, device: torch.device) -> torch.Tensor:
+    """``(layers, 2, B, H, P, hd)``: each row's prefix right-aligned in ``P`` slots, zeros for rows
+    without one. One adapter for every row computes them as peft does (its gradient order)."""
+    if rows[0] is not None and rows[0].writes_cache and all(a is rows[0] for a in rows):
+        return rows[0].prefix_batch(len(rows))
     per_adapter = {id(a): a.prefix() for a in rows if a is not None and a.writes_cache}
-    shape = next(iter(per_adapter.values())).shape  # (layers, 2, H, V, hd)
+    layers, two, H, _, hd = next(iter(per_adapter.values())).shape
     blocks = []
     for a in rows:
         kv = per_adapter[id(a)] if a is not None and a.writes_cache else None
-        pad = torch.zeros(
-            *shape[:3], P - (kv.shape[3] if kv is not None else 0), shape[4], device=_device(model)
-        )
-        blocks.append(torch.cat([pad.to(dtype), kv.to(dtype)], dim=3) if kv is not None else pad.to(dtype))
-    prefix = torch.stack(blocks, dim=1)  # (layers, B, 2, H, P, hd)
-    for layer in range(prefix.shape[0]):
-        cache.update(prefix[layer, :, 0], prefix[layer, :, 1], layer)  # (B, H, P, hd) each
-    return cache
+        pad = torch.zeros(layers, two, H, P - (kv.shape[3] if kv is not None else 0), hd, device=device)
+        blocks.append(torch.cat([pad, kv.to(pad.dtype)], dim=3) if kv is not None else pad)
+    return torch.stack(blocks, dim=2)
 
 
 def _checkpointing(model: nn.Module) -> bool:

@@ -36,12 +36,21 @@ class PrefixEncoder(ReparametrisedPrompt):
         self.stored_layer = [(2 * layer) % self.layers for layer in range(self.layers)]
 
     def prefix(self) -> torch.Tensor:
-        V = self.num_virtual_tokens
-        flat = self.encoded()  # (V, layers * 2 * H * hd)
-        kv = flat.view(V, self.layers * 2, self.heads, self.head_dim).permute(1, 2, 0, 3)  # (2L, H, V, hd)
-        kv = kv.reshape(
-            self.layers, 2, self.heads, V, self.head_dim
-        )  # stored layer l: keys [l, 0], values [l, 1]
+        return self._key_values(self.encoded()[None])[:, :, 0]  # (layers, 2, H, V, hd)
+
+    def prefix_batch(self, rows: int) -> torch.Tensor:
+        """Every row's prefix computed as peft computes it (see :meth:`encoded_rows`): on one seed the
+        MLP prefix trains to peft's parameters bit for bit."""
+        return self._key_values(self.encoded_rows(rows))  # (layers, 2, rows, H, V, hd)
+
+    def _key_values(self, flat: torch.Tensor) -> torch.Tensor:
+        """``(B, V, layers * 2 * H * hd)`` -> ``(layers, 2, B, H, V, hd)``: stored layer l holds keys
+        ``[l, 0]`` and values ``[l, 1]``; layer ``l`` reads stored layer ``stored_layer[l]``."""
+        B, V = flat.shape[:2]
+        kv = flat.view(B, V, self.layers * 2, self.heads, self.head_dim).permute(
+            2, 0, 3, 1, 4
+        )  # (2L, B, H, V, hd)
+        kv = kv.reshape(self.layers, 2, B, self.heads, V, self.head_dim)
         return kv[self.stored_layer]
 
     @torch.no_grad()
