@@ -227,3 +227,25 @@ def test_causal_shift_matches_transformers_loss_function():
 
     want = ForCausalLMLoss(F.linear(hidden, w), labels, vocab_size=20)
     torch.testing.assert_close(causal_lm_cross_entropy(hidden, labels, w, chunk=3), want)
+
+
+def test_a_peft_model_takes_the_chunked_loss_as_peftkit_s_does():
+    # peftkit's trainer gives a peft model the same loss as peftkit's: the two then train alike
+    peft = pytest.importorskip("peft")
+    lora = peft.get_peft_model(
+        build("llama"), peft.LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=["q_proj"])
+    )
+    loss = CausalLMLoss("chunked")
+    torch.testing.assert_close(loss(lora, lm_batch()), lora(**lm_batch()).loss, rtol=1e-5, atol=1e-6)
+    assert loss.decided[lora] is True
+    ours = peftkit.get_peft_model(build("llama"), peftkit.LoraConfig(r=4, target_modules=["q_proj"]))
+    assert torch.equal(loss(ours, lm_batch()), loss(lora, lm_batch()))  # same weights, same sums
+
+    prompt = peft.get_peft_model(
+        build("llama"), peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2)
+    )
+    with pytest.raises(Unsupported, match="PROMPT_TUNING puts virtual tokens into the sequence"):
+        lm_parts(prompt)
+    auto = CausalLMLoss("auto")
+    torch.testing.assert_close(auto(prompt, lm_batch()), prompt(**lm_batch()).loss)
+    assert auto.decided[prompt] is False

@@ -174,6 +174,8 @@ class Unsupported(Exception):
 
 
 def _hf_model(model: nn.Module) -> nn.Module:
+    """The transformers model under ``model``: peftkit's or peft's wrapper unwrapped (a peft model gets
+    the same loss as peftkit's, so that the two train alike in one trainer)."""
     from ..model import PeftModel
 
     if isinstance(model, PeftModel):
@@ -182,7 +184,20 @@ def _hf_model(model: nn.Module) -> nn.Module:
             # a prefix (prefix tuning, P-tuning v2) lives in the cache: the hidden states stay the tokens'
             raise Unsupported("prompt tuning and P-tuning v1 put virtual tokens into the sequence")
         return model.get_base_model()
+    if _is_peft_model(model):
+        config = model.active_peft_config
+        kind = getattr(config.peft_type, "value", config.peft_type)  # peft's PeftType, a str enum
+        if config.is_prompt_learning and kind != "PREFIX_TUNING":
+            raise Unsupported(f"peft's {kind} puts virtual tokens into the sequence")
+        return model.get_base_model()
     return model
+
+
+def _is_peft_model(model: nn.Module) -> bool:
+    """A ``peft.PeftModel`` (told apart without importing peft, which peftkit does not need)."""
+    return any(
+        c.__name__ == "PeftModel" and c.__module__.split(".")[0] == "peft" for c in type(model).__mro__
+    )
 
 
 def lm_parts(model: nn.Module) -> tuple[nn.Module, nn.Linear]:
