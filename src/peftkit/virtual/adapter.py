@@ -89,7 +89,8 @@ class ReparametrisedPrompt(InputAdapter):
         """``(rows, V, out_width)``: :meth:`encoded` for each of ``rows`` rows, computed as peft computes
         a prefix: the vectors looked up and the head run for every row, so that their gradients sum over
         the batch in peft's order (one reduction over ``rows x V`` rows). The head's work grows with
-        ``rows``; the prefix MLP is small beside the model's own (about 6% of a step on E2E)."""
+        ``rows``, as peft's does (``bench/prefix_rows.py``: a training step 1.18x the time of the MLP run
+        once at batch 32 of short sentences on MiniLM, 0.99x at batch 8 x 107 on SmolLM2)."""
         ids = torch.arange(self.embedding.num_embeddings, device=self.embedding.weight.device)
         w = self.embedding(ids.expand(rows, -1))  # (rows, V, width)
         return self.head(w) if self.head is not None else w
