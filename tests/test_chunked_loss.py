@@ -249,3 +249,8 @@ def test_a_peft_model_takes_the_chunked_loss_as_peftkit_s_does():
     auto = CausalLMLoss("auto")
     torch.testing.assert_close(auto(prompt, lm_batch()), prompt(**lm_batch()).loss)
     assert auto.decided[prompt] is False
+    adalora = peft.get_peft_model(
+        build("llama"), peft.AdaLoraConfig(task_type="CAUSAL_LM", target_modules=["q_proj"], total_step=4)
+    )
+    with pytest.raises(Unsupported, match="AdaLoRA adds its orthogonality term"):
+        lm_parts(adalora)  # its loss keeps peft's regulariser: the model's own loss

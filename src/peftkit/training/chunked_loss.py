@@ -189,8 +189,17 @@ def _hf_model(model: nn.Module) -> nn.Module:
         kind = getattr(config.peft_type, "value", config.peft_type)  # peft's PeftType, a str enum
         if config.is_prompt_learning and kind != "PREFIX_TUNING":
             raise Unsupported(f"peft's {kind} puts virtual tokens into the sequence")
+        if kind not in PEFT_LOSS_UNCHANGED:
+            raise Unsupported(
+                f"peft's {kind} may change the model's loss in its forward (AdaLoRA adds its "
+                f"orthogonality term there); the chunked loss takes peft's {sorted(PEFT_LOSS_UNCHANGED)}"
+            )
         return model.get_base_model()
     return model
+
+
+# peft methods whose forward leaves the loss to the model (the chunked loss replaces only the model's)
+PEFT_LOSS_UNCHANGED = frozenset({"LORA", "IA3", "PREFIX_TUNING"})
 
 
 def _is_peft_model(model: nn.Module) -> bool:
