@@ -91,7 +91,9 @@ def test_prefixes_train_to_peft_s_bit_for_bit(tmp_path, method, config):
         peft.get_peft_model(
             build("bert"), peft.PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=2)
         )(**Collator(0)(examples(2)))
-    except Exception as error:  # peft 0.21.2 on transformers >= 5.24 (see the README's suite section)
+    except ValueError as error:  # peft 0.21.2 on transformers >= 5.24 (see the README's suite section)
+        if "past key values" not in str(error):
+            raise
         pytest.skip(f"peft's prefix tuning does not run with this transformers: {error}")
     assert_trains_to_peft_s_bit_for_bit(tmp_path, method, config)
 

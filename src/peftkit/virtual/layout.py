@@ -101,7 +101,7 @@ def transform_inputs(
         kwargs["position_ids"] = positions
     if prefill and P:
         kwargs[cache_key(kwargs) or cache_argument(model) or "past_key_values"] = _write_prefix(
-            model, cache, rows, P, batch
+            model, cache, rows, P
         )
     kwargs["attention_mask"] = torch.cat([slot_mask(kv_len, P, device).to(mask.dtype), mask], dim=1)
     return Transformed(kwargs, starts, length)
@@ -215,7 +215,7 @@ def _replace_tokens(model: nn.Module, kwargs: dict, rows: list[InputAdapter | No
     kwargs["inputs_embeds"] = torch.stack(out)
 
 
-def _write_prefix(model: nn.Module, cache, rows: list[InputAdapter | None], P: int, batch: int):
+def _write_prefix(model: nn.Module, cache, rows: list[InputAdapter | None], P: int):
     """Write every row's key/value prefix into the (empty) cache, layer by layer (a new cache when none
     was passed); rows without a prefix get zeros there, which their mask leaves out."""
     from transformers import DynamicCache
@@ -317,7 +317,7 @@ def _decoder_prefix(model: nn.Module, kwargs: dict[str, Any], rows: list[InputAd
         if cache is None:
             cache = EncoderDecoderCache(DynamicCache(config=_text_config(model)), DynamicCache())
             kwargs[cache_argument(model) or "past_key_values"] = cache
-        _write_prefix(model, cache.self_attention_cache, rows, P, batch)
+        _write_prefix(model, cache.self_attention_cache, rows, P)
     mask = kwargs.get("decoder_attention_mask")
     if mask is None:
         new = _decoder_length(kwargs)
